@@ -1,0 +1,47 @@
+//! `quiver-bench`: Quiver's numbers next to its peers', on the same generated
+//! data, in the same run. Each run writes a CSV under `bench/out/` with the
+//! machine notes and prints a Markdown table for `bench/RESULTS.md`.
+//!
+//! ```text
+//! cargo run --release -p quiver-bench -- ingest --persons 1000000
+//! ```
+//!
+//! Peers run as Python scripts in `bench/peers/` (DuckDB, chDB from PyPI;
+//! `bench/peers/setup.sh` installs them).
+#![allow(clippy::print_stdout)]
+
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+mod ingest;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quiver-bench",
+    about = "Quiver benchmarks with peers in the same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Durable ingest throughput: gRPC stream and Flight DoPut vs DuckDB and chDB loads.
+    Ingest(ingest::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Ingest(args) => rt.block_on(ingest::run(args)),
+    }
+}

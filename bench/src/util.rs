@@ -1,0 +1,134 @@
+//! Shared bench plumbing: the release `quiver` binary, a server process,
+//! machine notes, peer scripts.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
+
+/// Workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds and returns the release `quiver` binary.
+pub fn quiver_bin() -> anyhow::Result<PathBuf> {
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-q", "-p", "quiver"])
+        .current_dir(root())
+        .status()?;
+    if !st.success() {
+        bail!("cargo build --release -p quiver failed");
+    }
+    Ok(root().join("target/release/quiver"))
+}
+
+/// `nproc`, `free -g` and the CPU model, for the results file.
+pub fn machine() -> String {
+    let run = |c: &str, a: &[&str]| {
+        Command::new(c)
+            .args(a)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let mem = run("free", &["-g"]);
+    let total = mem
+        .lines()
+        .find(|l| l.starts_with("Mem:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?")
+        .to_string();
+    format!("nproc={} mem={}GiB cpu={cpu}", run("nproc", &[]), total)
+}
+
+/// A running `quiver serve`.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(bin: &Path, data: &Path) -> anyhow::Result<Server> {
+        let mut child = Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--data",
+            ])
+            .arg(data)
+            .env("QUIVER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let out = child.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("quiver listening on ")
+            .with_context(|| format!("unexpected `{line}`"))?;
+        Ok(Server {
+            url: format!("http://{addr}"),
+            child,
+        })
+    }
+
+    /// Runs a client command against it and returns stdout.
+    pub fn cli(&self, bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(bin)
+            .arg("--server")
+            .arg(&self.url)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("quiver {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `bench/peers/<script>` with python3; returns its JSON output (last line).
+pub fn peer(script: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let path = root().join("bench/peers").join(script);
+    let out = Command::new("python3").arg(&path).args(args).output()?;
+    if !out.status.success() {
+        bail!("{script}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let last = text.lines().last().unwrap_or("{}");
+    Ok(serde_json::from_str(last)?)
+}
+
+/// Flushes the OS page cache is not possible without root tricks; we note warm cache.
+pub fn files_in(dir: &Path, prefix: &str, ext: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            n.starts_with(prefix) && n.ends_with(ext)
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}

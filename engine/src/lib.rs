@@ -1,0 +1,30 @@
+//! # quiver-engine
+//!
+//! The engine of Quiver, a customer-data engine: events in, one person behind
+//! many identifiers, tags as roaring bitmaps, audiences in milliseconds.
+//! This crate has no gRPC in it; the `quiver` server is a thin adapter over it.
+//!
+//! - [`event`]: the event model, validation, identifier normalisation.
+//! - `store`: per-workspace write-ahead log, memtable, Delta Lake tables.
+//! - `query`: SQL over a workspace's tables through DataFusion.
+//!
+//! ```no_run
+//! # async fn run() -> quiver_engine::Result<()> {
+//! use quiver_engine::{Engine, EngineConfig};
+//! let engine = Engine::open(EngineConfig { data_dir: "/tmp/quiver".into(), ..Default::default() }).await?;
+//! engine.create_workspace("shop").await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+mod config;
+mod error;
+pub mod event;
+mod query;
+mod store;
+
+pub use config::{EngineConfig, StoreConfig};
+pub use error::{Error, Result};
+pub use event::{IngestReport, RawEvent, RowError};
+pub use store::{Engine, FlushReport, OptimizeReport, Workspace, WorkspaceInfo};

@@ -1,0 +1,103 @@
+//! The workspace's Delta Lake tables (deltalake-core): create, append as one
+//! commit that records the WAL segment it covers (a Delta `txn` action with
+//! app id [`WAL_APP_ID`]), compaction, and the DataFusion provider.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::catalog::TableProvider;
+use deltalake_core::DeltaTable;
+use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake_core::kernel::transaction::CommitProperties;
+use deltalake_core::kernel::{StructType, Transaction};
+use deltalake_core::parquet::basic::{Compression, ZstdLevel};
+use deltalake_core::parquet::file::properties::WriterProperties;
+use deltalake_core::protocol::SaveMode;
+
+use crate::event::events_schema;
+use crate::{Error, Result};
+
+/// The Delta `txn` application id under which flushes record their WAL segment.
+pub(crate) const WAL_APP_ID: &str = "quiver-wal";
+
+fn url_of(path: &Path) -> Result<url::Url> {
+    let abs = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    url::Url::from_directory_path(&abs)
+        .map_err(|_| Error::Internal(format!("`{}` is not an absolute path", abs.display())))
+}
+
+/// Opens the `events` table at `path`, creating it (empty, partitioned by `event_date`) if absent.
+pub(crate) async fn open_or_create_events(path: &Path) -> Result<DeltaTable> {
+    std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+    let url = url_of(path)?;
+    if path.join("_delta_log").is_dir() {
+        return Ok(deltalake_core::open_table(url).await?);
+    }
+    let schema: StructType = events_schema().as_ref().try_into_kernel()?;
+    let table = deltalake_core::operations::create::CreateBuilder::new()
+        .with_location(url.to_string())
+        .with_columns(schema.fields().cloned())
+        .with_partition_columns(["event_date"])
+        .with_table_name("events")
+        .with_comment("Quiver events: one row per accepted event")
+        .await?;
+    Ok(table)
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .build()
+}
+
+/// Appends `batches` as one commit that also records `wal_seq` as committed.
+pub(crate) async fn append(
+    table: DeltaTable,
+    batches: Vec<RecordBatch>,
+    wal_seq: u64,
+) -> Result<DeltaTable> {
+    let props = CommitProperties::default()
+        .with_application_transaction(Transaction::new(WAL_APP_ID, wal_seq as i64));
+    let table = table
+        .write(batches)
+        .with_save_mode(SaveMode::Append)
+        .with_partition_columns(["event_date"])
+        .with_writer_properties(writer_properties())
+        .with_commit_properties(props)
+        .await?;
+    Ok(table)
+}
+
+/// The highest WAL segment whose rows are committed to `table`.
+pub(crate) async fn committed_wal_seq(table: &DeltaTable) -> Result<Option<u64>> {
+    let state = table.snapshot()?;
+    let v = state
+        .transaction_version(table.log_store().as_ref(), WAL_APP_ID)
+        .await?;
+    Ok(v.map(|v| v.max(0) as u64))
+}
+
+/// Number of active data files.
+pub(crate) fn file_count(table: &DeltaTable) -> usize {
+    table.get_file_uris().map(|i| i.count()).unwrap_or(0)
+}
+
+/// Bin-packs small files into files of about `target_mb` MiB.
+pub(crate) async fn optimize(table: DeltaTable, target_mb: u64) -> Result<(DeltaTable, u64, u64)> {
+    let (table, metrics) = table
+        .optimize()
+        .with_target_size(
+            std::num::NonZeroU64::new(target_mb.max(1) * 1024 * 1024)
+                .unwrap_or(std::num::NonZeroU64::MIN),
+        )
+        .with_writer_properties(writer_properties())
+        .await?;
+    Ok((table, metrics.num_files_removed, metrics.num_files_added))
+}
+
+/// A DataFusion provider pinned to the table's current snapshot.
+pub(crate) async fn provider(table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
+    Ok(table.table_provider().await?)
+}

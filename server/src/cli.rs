@@ -1,0 +1,290 @@
+//! The command line: argument parsing and dispatch. Output goes through
+//! `client::output` (a readable table by default, `--json` for scripts).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{self, output};
+use crate::config::ServerConfig;
+
+/// Quiver: a customer-data engine. Events in, one person behind many
+/// identifiers, audiences in milliseconds.
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every client command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "QUIVER_SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub server: String,
+    /// Workspace the command works on.
+    #[arg(long, short = 'w', global = true, env = "QUIVER_WORKSPACE")]
+    pub workspace: Option<String>,
+    /// Access token (accepted now; enforced when auth lands).
+    #[arg(long, global = true, env = "QUIVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: gRPC, Arrow Flight, health and reflection on one port.
+    Serve(ServeArgs),
+    /// Start an embedded server, generate, ingest and query a demo data set.
+    Demo(DemoArgs),
+    /// Generate realistic events with known identity truth.
+    Gen(GenArgs),
+    /// Stream event files (Parquet, NDJSON, CSV) into a workspace.
+    Ingest(IngestArgs),
+    /// Run a read-only SQL query over the workspace's tables.
+    Sql {
+        /// The query, e.g. "SELECT channel, count(*) FROM events GROUP BY 1".
+        query: String,
+    },
+    /// Manage workspaces.
+    Workspace {
+        #[command(subcommand)]
+        action: WorkspaceAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceAction {
+    /// Create a workspace.
+    Create { name: String },
+    /// List workspaces.
+    List,
+    /// Drop a workspace and delete its data.
+    Drop { name: String },
+    /// Commit every acknowledged event to Delta now.
+    Flush { name: Option<String> },
+    /// Compact small files of the events table.
+    Optimize { name: Option<String> },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory [default: ./quiver-data].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:7070].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Prometheus metrics address, or `off` [default: 127.0.0.1:9090].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Persons to generate.
+    #[arg(long, default_value_t = 100_000)]
+    pub persons: u64,
+    /// Keep the data here instead of a temporary directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Number of true persons.
+    #[arg(long, default_value_t = 100_000)]
+    pub persons: u64,
+    /// Days of history, ending on --end-date.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+    /// Random seed: the same seed gives the same files.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Last day with events (YYYY-MM-DD) [default: 2026-10-31].
+    #[arg(long)]
+    pub end_date: Option<chrono::NaiveDate>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// parquet, ndjson or csv.
+    #[arg(long, default_value = "parquet")]
+    pub format: quiver_data::Format,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Files or directories (every event file in them).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// TOML file mapping foreign column names onto event fields (`[columns] mobile = "phone"`).
+    #[arg(long)]
+    pub mapping: Option<PathBuf>,
+    /// Events per batch.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_rows: usize,
+    /// `grpc` (IngestService stream) or `flight` (Arrow Flight DoPut).
+    #[arg(long, default_value = "grpc")]
+    pub transport: client::ingest::Transport,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn init_logs(default: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("QUIVER_LOG")
+        .or_else(|_| EnvFilter::try_new(default))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+fn workspace(g: &Global) -> anyhow::Result<String> {
+    g.workspace
+        .clone()
+        .context("this command needs --workspace (or QUIVER_WORKSPACE)")
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => {
+            init_logs("warn", false);
+            crate::demo::run(args).await
+        }
+        Command::Gen(args) => {
+            init_logs("warn", false);
+            gen_files(args, g.json)
+        }
+        Command::Ingest(args) => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            let opts = client::ingest::Options {
+                mapping: args.mapping,
+                batch_rows: args.batch_rows,
+                transport: args.transport,
+                progress: !args.quiet && !g.json,
+            };
+            let summary = client::ingest::ingest_files(channel, &ws, &args.files, &opts).await?;
+            output::ingest_summary(&summary, g.json);
+            if summary.failed_files > 0 {
+                anyhow::bail!("{} file(s) could not be ingested", summary.failed_files);
+            }
+            Ok(())
+        }
+        Command::Sql { query } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            let batches = client::sql(channel, &ws, &query).await?;
+            output::batches(&batches, g.json)
+        }
+        Command::Workspace { action } => {
+            init_logs("warn", false);
+            let channel = client::connect(&g.server).await?;
+            client::workspace(channel, action, g.workspace.as_deref(), g.json).await
+        }
+    }
+}
+
+fn gen_files(args: GenArgs, json: bool) -> anyhow::Result<()> {
+    let cfg = quiver_data::GenConfig {
+        persons: args.persons,
+        days: args.days,
+        seed: args.seed,
+        end_date: args
+            .end_date
+            .unwrap_or(quiver_data::GenConfig::default().end_date),
+        format: args.format,
+        out: args.out,
+        ..Default::default()
+    };
+    let bar = output::progress(args.persons, "persons", json);
+    let summary = quiver_data::generate(&cfg, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    output::gen_summary(&summary, json);
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = ServerConfig::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(d) = args.data {
+        cfg.data_dir = d;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(m) = args.metrics_listen {
+        cfg.metrics_listen = m;
+    }
+    init_logs("info", cfg.log_format == "json");
+    let addr: SocketAddr = cfg.listen.parse().with_context(|| {
+        format!(
+            "listen: `{}` is not an address like 127.0.0.1:7070",
+            cfg.listen
+        )
+    })?;
+    if cfg.metrics_listen != "off" {
+        let maddr: SocketAddr = cfg.metrics_listen.parse().with_context(|| {
+            format!("metrics_listen: `{}` is not an address", cfg.metrics_listen)
+        })?;
+        crate::telemetry::install(maddr)?;
+    }
+    let engine = quiver_engine::Engine::open(cfg.engine())
+        .await
+        .context("cannot open the data directory")?;
+    let listener = crate::service::bind(addr).await?;
+    let local = listener.local_addr()?;
+    output::listening(local);
+    tracing::info!(%local, data = %cfg.data_dir.display(), "quiver serving");
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    };
+    crate::service::serve(Arc::clone(&engine), listener, shutdown).await?;
+    tracing::info!("shutting down: flushing memtables");
+    engine.flush_all().await?;
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! `quiver demo`: the main job end to end on the embedded default — generate
+//! persons with known truth, start a server on a free loopback port, ingest
+//! over gRPC, commit to Delta, answer questions with SQL, print a report.
+//! Later work adds OneID, tags and segments to the same report.
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use quiver_proto::v1 as pb;
+use quiver_proto::v1::workspace_service_client::WorkspaceServiceClient;
+
+use crate::cli::DemoArgs;
+use crate::client::{self, output, status_error};
+use crate::config::ServerConfig;
+
+const WORKSPACE: &str = "demo";
+
+struct Step {
+    name: &'static str,
+    seconds: f64,
+    detail: String,
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let total = Instant::now();
+    let tmp;
+    let root = match &args.data {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let mut steps = Vec::new();
+    println!(
+        "Quiver demo: {} persons, data in {}",
+        args.persons,
+        root.display()
+    );
+
+    // 1. generate
+    let t = Instant::now();
+    let gen_cfg = quiver_data::GenConfig {
+        persons: args.persons,
+        out: root.join("generated"),
+        format: quiver_data::Format::Parquet,
+        ..Default::default()
+    };
+    let bar = output::progress(args.persons, "persons generated", false);
+    let generated = quiver_data::generate(&gen_cfg, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    steps.push(Step {
+        name: "generate",
+        seconds: t.elapsed().as_secs_f64(),
+        detail: format!(
+            "{} persons, {} events, {} truth identifiers",
+            generated.persons, generated.events, generated.truth_rows
+        ),
+    });
+
+    // 2. an embedded server on a free loopback port
+    let t = Instant::now();
+    let cfg = ServerConfig {
+        data_dir: root.join("data"),
+        ..Default::default()
+    };
+    let engine = quiver_engine::Engine::open(cfg.engine()).await?;
+    let listener = crate::service::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::service::serve(
+        Arc::clone(&engine),
+        listener,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let url = format!("http://{addr}");
+    let channel = client::connect(&url).await?;
+    WorkspaceServiceClient::new(channel.clone())
+        .create_workspace(pb::CreateWorkspaceRequest {
+            name: WORKSPACE.into(),
+        })
+        .await
+        .map_err(status_error)?;
+    steps.push(Step {
+        name: "start server",
+        seconds: t.elapsed().as_secs_f64(),
+        detail: format!("gRPC + Flight on {addr}, workspace `{WORKSPACE}`"),
+    });
+
+    // 3. ingest over the gRPC stream
+    let opts = client::ingest::Options {
+        mapping: None,
+        batch_rows: 4096,
+        transport: client::ingest::Transport::Grpc,
+        progress: true,
+    };
+    let s =
+        client::ingest::ingest_files(channel.clone(), WORKSPACE, &generated.files, &opts).await?;
+    steps.push(Step {
+        name: "ingest (gRPC, fsync per ack)",
+        seconds: s.elapsed.as_secs_f64(),
+        detail: format!(
+            "{} accepted, {} duplicates, {} rejected; {:.0} events/s",
+            s.accepted,
+            s.duplicates,
+            s.rejected,
+            s.sent as f64 / s.elapsed.as_secs_f64().max(1e-9)
+        ),
+    });
+
+    // 4. commit to Delta
+    let t = Instant::now();
+    let flushed = WorkspaceServiceClient::new(channel.clone())
+        .flush(pb::FlushRequest {
+            workspace: WORKSPACE.into(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    steps.push(Step {
+        name: "flush to Delta",
+        seconds: t.elapsed().as_secs_f64(),
+        detail: format!("{} rows, table version {}", flushed.rows, flushed.version),
+    });
+
+    // 5. questions
+    let questions = [
+        (
+            "events by channel",
+            "SELECT channel, count(*) AS events, count(DISTINCT event_type) AS types FROM events GROUP BY channel ORDER BY events DESC",
+        ),
+        (
+            "events by type",
+            "SELECT event_type, count(*) AS events, sum(amount) AS amount FROM events GROUP BY event_type ORDER BY events DESC",
+        ),
+        (
+            "identifiers by kind",
+            "SELECT i.kind AS kind, count(*) AS occurrences, count(DISTINCT i.value) AS distinct_values FROM (SELECT unnest(identifiers) AS i FROM events) GROUP BY i.kind ORDER BY occurrences DESC",
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (title, q) in questions {
+        let t = Instant::now();
+        let batches = client::sql(channel.clone(), WORKSPACE, q)
+            .await
+            .with_context(|| format!("query `{title}`"))?;
+        let secs = t.elapsed().as_secs_f64();
+        answers.push((title, secs, output::format_batches(&batches, false)?));
+    }
+    let _ = stop_tx.send(());
+    server.await??;
+    engine.flush_all().await?;
+
+    println!();
+    println!("== timings ==");
+    for s in &steps {
+        println!("{:<30} {:>8.2}s  {}", s.name, s.seconds, s.detail);
+    }
+    if !s.dropped_identifiers.is_empty() {
+        let d: Vec<String> = s
+            .dropped_identifiers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        println!("junk identifiers dropped: {}", d.join(", "));
+    }
+    for r in s.first_rejections.iter().take(3) {
+        println!(
+            "e.g. rejected: row {}, field `{}`, value `{}`: {}",
+            r.row, r.field, r.value, r.reason
+        );
+    }
+    for (title, secs, table) in answers {
+        println!();
+        println!("== {title} ({:.1} ms) ==", secs * 1000.0);
+        println!("{table}");
+    }
+    println!();
+    println!("demo finished in {:.1}s", total.elapsed().as_secs_f64());
+    Ok(())
+}

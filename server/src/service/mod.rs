@@ -1,0 +1,81 @@
+//! The gRPC port: Quiver's services, Arrow Flight, grpc.health.v1 and
+//! reflection, all on one listener. A thin adapter over the engine.
+
+pub mod convert;
+pub mod flight;
+pub mod ingest;
+pub mod query;
+pub mod workspace;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use quiver_engine::Engine;
+use quiver_proto::v1::ingest_service_server::IngestServiceServer;
+use quiver_proto::v1::query_service_server::QueryServiceServer;
+use quiver_proto::v1::workspace_service_server::WorkspaceServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Largest message accepted or sent (a batch of `store.max_batch_rows` events fits).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Serves every service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<IngestServiceServer<ingest::Ingest>>()
+        .await;
+    health
+        .set_serving::<WorkspaceServiceServer<workspace::Workspaces>>()
+        .await;
+    health
+        .set_serving::<QueryServiceServer<query::Query>>()
+        .await;
+    health
+        .set_serving::<FlightServiceServer<flight::Flight>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let ingest = IngestServiceServer::new(ingest::Ingest {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let workspaces = WorkspaceServiceServer::new(workspace::Workspaces {
+        engine: engine.clone(),
+    });
+    let query = QueryServiceServer::new(query::Query {
+        engine: engine.clone(),
+    })
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let flight = FlightServiceServer::new(flight::Flight {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ingest)
+        .add_service(workspaces)
+        .add_service(query)
+        .add_service(flight)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `addr` (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
