@@ -13,17 +13,27 @@ use std::sync::Arc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_is_named_and_nothing_is_lost() {
+    crate::init();
     let tmp = tempfile::tempdir().unwrap();
-    let server =
-        Server::start(&tmp.path().join("data"), &[("QUIVER_STORE__MAX_BATCH_ROWS", "50")]).unwrap();
+    let server = Server::start(
+        &tmp.path().join("data"),
+        &[("QUIVER_STORE__MAX_BATCH_ROWS", "50")],
+    )
+    .unwrap();
     let ch = server.channel().await;
     create_workspace(ch.clone(), "w").await.unwrap();
     let mut ingest = IngestServiceClient::new(ch.clone());
 
     // a good batch first
-    let good: Vec<pb::Event> = (0..10).map(|i| event(&format!("g{i}"), "13800138000")).collect();
+    let good: Vec<pb::Event> = (0..10)
+        .map(|i| event(&format!("g{i}"), "13800138000"))
+        .collect();
     let ack = ingest
-        .ingest_batch(pb::IngestRequest { workspace: "w".into(), batch_seq: 1, events: good })
+        .ingest_batch(pb::IngestRequest {
+            workspace: "w".into(),
+            batch_seq: 1,
+            events: good,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -48,16 +58,27 @@ async fn every_bad_input_is_named_and_nothing_is_lost() {
     e.amount = Some("12.345".into());
     rows.push(e); // 6: amount with 3 decimals
     let mut e = event("j1", "null");
-    e.identifiers.push(pb::Identifier { kind: "email".into(), value: "Test@Test.com".into() });
+    e.identifiers.push(pb::Identifier {
+        kind: "email".into(),
+        value: "Test@Test.com".into(),
+    });
     rows.push(e); // 7: only junk identifiers
     rows.push(event("ok2", "+86 138-0013-8006")); // 8
     let ack = ingest
-        .ingest_batch(pb::IngestRequest { workspace: "w".into(), batch_seq: 2, events: rows })
+        .ingest_batch(pb::IngestRequest {
+            workspace: "w".into(),
+            batch_seq: 2,
+            events: rows,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(ack.accepted, 2, "{ack:?}");
-    let got: Vec<(u32, &str)> = ack.rejected.iter().map(|r| (r.row, r.field.as_str())).collect();
+    let got: Vec<(u32, &str)> = ack
+        .rejected
+        .iter()
+        .map(|r| (r.row, r.field.as_str()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -71,28 +92,54 @@ async fn every_bad_input_is_named_and_nothing_is_lost() {
         ]
     );
     assert_eq!(ack.rejected[2].value, "31/02/2026 25:00");
-    assert!(ack.rejected[4].reason.contains("phone"), "{:?}", ack.rejected[4]);
+    assert!(
+        ack.rejected[4].reason.contains("phone"),
+        "{:?}",
+        ack.rejected[4]
+    );
 
     // unknown workspace: NOT_FOUND naming it
     let err = ingest
-        .ingest_batch(pb::IngestRequest { workspace: "nope".into(), batch_seq: 3, events: vec![event("z", "13800138000")] })
+        .ingest_batch(pb::IngestRequest {
+            workspace: "nope".into(),
+            batch_seq: 3,
+            events: vec![event("z", "13800138000")],
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(err.message().contains("nope"), "{}", err.message());
 
     // oversized batch on the stream: INVALID_ARGUMENT naming the limit; acked batches before it stay
-    let big: Vec<pb::Event> = (0..51).map(|i| event(&format!("big{i}"), "13800138000")).collect();
+    let big: Vec<pb::Event> = (0..51)
+        .map(|i| event(&format!("big{i}"), "13800138000"))
+        .collect();
     let reqs = vec![
-        pb::IngestRequest { workspace: "w".into(), batch_seq: 10, events: vec![event("s1", "13800138007")] },
-        pb::IngestRequest { workspace: "w".into(), batch_seq: 11, events: big },
+        pb::IngestRequest {
+            workspace: "w".into(),
+            batch_seq: 10,
+            events: vec![event("s1", "13800138007")],
+        },
+        pb::IngestRequest {
+            workspace: "w".into(),
+            batch_seq: 11,
+            events: big,
+        },
     ];
-    let mut acks = ingest.ingest(futures::stream::iter(reqs)).await.unwrap().into_inner();
+    let mut acks = ingest
+        .ingest(futures::stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
     let first = acks.next().await.unwrap().unwrap();
     assert_eq!((first.batch_seq, first.accepted), (10, 1));
     let err = acks.next().await.unwrap().unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("max_batch_rows"), "{}", err.message());
+    assert!(
+        err.message().contains("max_batch_rows"),
+        "{}",
+        err.message()
+    );
     assert!(err.message().contains("batch 11"), "{}", err.message());
 
     // wrong Arrow schema over DoPut: the column is named
@@ -123,25 +170,43 @@ async fn every_bad_input_is_named_and_nothing_is_lost() {
         Err(e) => Err(e),
     };
     let msg = r.unwrap_err().to_string();
-    assert!(msg.contains("event_time") && msg.contains("Boolean"), "{msg}");
+    assert!(
+        msg.contains("event_time") && msg.contains("Boolean"),
+        "{msg}"
+    );
 
     // DoPut to an unknown workspace
     let data = FlightDataEncoderBuilder::new()
         .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["ghost".into()])))
-        .build(futures::stream::iter([Ok(RecordBatch::new_empty(Arc::new(Schema::empty())))]));
+        .build(futures::stream::iter([Ok(RecordBatch::new_empty(
+            Arc::new(Schema::empty()),
+        ))]));
     let err = FlightClient::new(ch.clone()).do_put(data).await;
     let msg = match err {
-        Ok(s) => s.collect::<Vec<_>>().await.into_iter().find_map(|r| r.err()).unwrap().to_string(),
+        Ok(s) => s
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .find_map(|r| r.err())
+            .unwrap()
+            .to_string(),
         Err(e) => e.to_string(),
     };
     assert!(msg.contains("ghost"), "{msg}");
 
     // still serving, nothing lost: 10 + 2 + 1
-    assert_eq!(sql_i64(ch.clone(), "w", "SELECT count(*) FROM events").await, 13);
+    assert_eq!(
+        sql_i64(ch.clone(), "w", "SELECT count(*) FROM events").await,
+        13
+    );
     // bad SQL is an error, not a crash
-    let err = quiver_tests::sql(ch.clone(), "w", "SELEC 1").await.unwrap_err();
+    let err = quiver_tests::sql(ch.clone(), "w", "SELEC 1")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let err = quiver_tests::sql(ch.clone(), "w", "DROP TABLE events").await.unwrap_err();
+    let err = quiver_tests::sql(ch.clone(), "w", "DROP TABLE events")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(sql_i64(ch, "w", "SELECT count(*) FROM events").await, 13);
     // the CLI exits non-zero with the message

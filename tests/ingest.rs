@@ -2,17 +2,38 @@
 
 use quiver_tests::{Server, create_workspace, sql, sql_i64};
 
-fn gen(dir: &std::path::Path, persons: u64, format: &str) -> Vec<std::path::PathBuf> {
+fn generate_files(dir: &std::path::Path, persons: u64, format: &str) -> Vec<std::path::PathBuf> {
     let out = std::process::Command::new(quiver_tests::quiver_bin())
-        .args(["gen", "--persons", &persons.to_string(), "--days", "60", "--seed", "7", "--format", format, "--out"])
+        .args([
+            "gen",
+            "--persons",
+            &persons.to_string(),
+            "--days",
+            "60",
+            "--seed",
+            "7",
+            "--format",
+            format,
+            "--out",
+        ])
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("events"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("events")
+        })
         .collect();
     files.sort();
     files
@@ -20,17 +41,26 @@ fn gen(dir: &std::path::Path, persons: u64, format: &str) -> Vec<std::path::Path
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_ingest_then_sql_counts_match_acks() {
+    crate::init();
     let tmp = tempfile::tempdir().unwrap();
-    let files = gen(&tmp.path().join("gen"), 300, "ndjson");
+    let files = generate_files(&tmp.path().join("gen"), 300, "ndjson");
     let server = Server::start(&tmp.path().join("data"), &[]).unwrap();
     let out = server.cli(&["workspace", "create", "shop"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut args = vec!["--workspace", "shop", "--json", "ingest", "--quiet"];
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     args.extend(names.iter().map(String::as_str));
     let out = server.cli(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let accepted = summary["accepted"].as_i64().unwrap();
     let sent = summary["sent"].as_i64().unwrap();
@@ -45,14 +75,28 @@ async fn cli_ingest_then_sql_counts_match_acks() {
     let q = "SELECT count(*) FROM events";
     assert_eq!(sql_i64(ch.clone(), "shop", q).await, accepted);
     let out = server.cli(&["--workspace", "shop", "workspace", "flush"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(sql_i64(ch.clone(), "shop", q).await, accepted);
     assert_eq!(
-        sql_i64(ch.clone(), "shop", "SELECT count(DISTINCT event_id) FROM events").await,
+        sql_i64(
+            ch.clone(),
+            "shop",
+            "SELECT count(DISTINCT event_id) FROM events"
+        )
+        .await,
         accepted
     );
     // the data is real Delta on disk
-    assert!(server.data.join("workspaces/shop/events/_delta_log").is_dir());
+    assert!(
+        server
+            .data
+            .join("workspaces/shop/events/_delta_log")
+            .is_dir()
+    );
 
     // re-ingesting the same files: all duplicates, nothing new
     let out = server.cli(&args);
@@ -61,10 +105,25 @@ async fn cli_ingest_then_sql_counts_match_acks() {
     assert_eq!(sql_i64(ch.clone(), "shop", q).await, accepted);
 
     // the CLI's sql command, as a user types it
-    let out = server.cli(&["--workspace", "shop", "--json", "sql", "SELECT channel, count(*) AS n FROM events GROUP BY 1 ORDER BY 1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.cli(&[
+        "--workspace",
+        "shop",
+        "--json",
+        "sql",
+        "SELECT channel, count(*) AS n FROM events GROUP BY 1 ORDER BY 1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let total: i64 = rows.as_array().unwrap().iter().map(|r| r["n"].as_i64().unwrap()).sum();
+    let total: i64 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["n"].as_i64().unwrap())
+        .sum();
     assert_eq!(total, accepted);
     // identifiers are normalised: every phone is E.164
     let bad = sql_i64(
@@ -78,12 +137,13 @@ async fn cli_ingest_then_sql_counts_match_acks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flight_do_put_and_csv_mapping() {
+    crate::init();
     use arrow_flight::encode::FlightDataEncoderBuilder;
     use arrow_flight::{FlightClient, FlightDescriptor};
     use futures::StreamExt;
 
     let tmp = tempfile::tempdir().unwrap();
-    let files = gen(&tmp.path().join("gen"), 200, "parquet");
+    let files = generate_files(&tmp.path().join("gen"), 200, "parquet");
     let server = Server::start(&tmp.path().join("data"), &[]).unwrap();
     let ch = server.channel().await;
     create_workspace(ch.clone(), "fl").await.unwrap();
@@ -102,10 +162,14 @@ async fn flight_do_put_and_csv_mapping() {
     while let Some(r) = results.next().await {
         let ack: serde_json::Value = serde_json::from_slice(&r.unwrap().app_metadata).unwrap();
         accepted += ack["accepted"].as_i64().unwrap();
-        other += ack["duplicates"].as_i64().unwrap() + ack["rejected"].as_array().unwrap().len() as i64;
+        other +=
+            ack["duplicates"].as_i64().unwrap() + ack["rejected"].as_array().unwrap().len() as i64;
     }
     assert_eq!(accepted + other, sent as i64);
-    assert_eq!(sql_i64(ch.clone(), "fl", "SELECT count(*) FROM events").await, accepted);
+    assert_eq!(
+        sql_i64(ch.clone(), "fl", "SELECT count(*) FROM events").await,
+        accepted
+    );
 
     // a foreign CSV with a mapping file
     let csv = tmp.path().join("crm.csv");
@@ -124,10 +188,22 @@ async fn flight_do_put_and_csv_mapping() {
     )
     .unwrap();
     let out = server.cli(&[
-        "--workspace", "fl", "--json", "ingest", "--quiet", "--transport", "flight", "--mapping",
-        mapping.to_str().unwrap(), csv.to_str().unwrap(),
+        "--workspace",
+        "fl",
+        "--json",
+        "ingest",
+        "--quiet",
+        "--transport",
+        "flight",
+        "--mapping",
+        mapping.to_str().unwrap(),
+        csv.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["accepted"], 2, "{s}");
     assert_eq!(s["rejected"], 1, "{s}");
@@ -140,8 +216,13 @@ async fn flight_do_put_and_csv_mapping() {
     )
     .await
     .unwrap();
-    let text = arrow::util::pretty::pretty_format_batches(&b).unwrap().to_string();
-    assert!(text.contains("gold") && text.contains("+8613900139000"), "{text}");
+    let text = arrow::util::pretty::pretty_format_batches(&b)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("gold") && text.contains("+8613900139000"),
+        "{text}"
+    );
 }
 
 fn parquet_reader(file: std::fs::File) -> impl Iterator<Item = arrow::array::RecordBatch> {
@@ -155,6 +236,7 @@ fn parquet_reader(file: std::fs::File) -> impl Iterator<Item = arrow::array::Rec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_on_the_same_port() {
+    crate::init();
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), &[]).unwrap();
     let ch = server.channel().await;
@@ -166,7 +248,10 @@ async fn health_and_reflection_on_the_same_port() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let out = server.cli(&["workspace", "list"]);
     assert!(out.status.success());
 }

@@ -4,3 +4,8 @@
 mod bad_input;
 mod crash;
 mod ingest;
+
+/// Points the support code at the binary cargo built for this test run.
+fn init() {
+    quiver_tests::init(env!("CARGO_BIN_EXE_quiver"));
+}

@@ -9,9 +9,16 @@
 //! and/or device; ad → device; crm/service → phone and/or email. `register` and
 //! `profile_update` carry the channel's full profile, which links a person's identifiers.
 //!
-//! Event-level noise (rates per event): junk value 1%, retried duplicate 0.2% (same
-//! `event_id`, arriving 1 hour–3 days later, never adjacent to the original), store default phone on 3% of pos events. Value
-//! noise (formats, case, typos) is in `noise`.
+//! Event-level noise (rates per event): junk value 1%; retried duplicate 0.2% (same
+//! `event_id`, arriving 1 hour–3 days later, never adjacent to the original); store default
+//! phone on 3% of pos events, and on every pos event of a shopper with neither phone nor
+//! member card. Family tablets appear on ~40% of ad and tmall sessions of household members.
+//! Value noise (formats, case, typos) is in `noise`.
+//!
+//! Truth is what was observed: a person's truth rows are the true identifiers that appear on
+//! at least one of their events (normalised), plus the typo'd values they produced. Junk
+//! values and store phones are never truth. An identifier a person owns but never used is
+//! left out, since no resolver could place it.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -33,8 +40,8 @@ const STORE_PHONE_RATE: f64 = 0.03;
 
 const HOUR_MS: i64 = 3_600_000;
 
-/// Generates unit `unit` (persons `unit * UNIT_PERSONS ..`): events in output order and
-/// truth rows.
+/// Generates unit `unit_index` (persons `unit_index * UNIT_PERSONS ..`): events in output
+/// order and truth rows.
 pub(crate) fn generate_unit(world: &World, unit_index: u64) -> Unit {
     let first = unit_index * UNIT_PERSONS;
     let len = UNIT_PERSONS.min(world.persons - first) as usize;
@@ -42,6 +49,7 @@ pub(crate) fn generate_unit(world: &World, unit_index: u64) -> Unit {
     let mut unit = Unit {
         persons: len as u64,
         rows: Vec::with_capacity(len * 14),
+        order: Vec::new(),
         arena: String::with_capacity(len * 14 * 40),
         truth: Vec::with_capacity(len * 6),
         truth_arena: String::with_capacity(len * 6 * 30),
@@ -219,11 +227,9 @@ impl Emitter<'_> {
                 Junk::Device => row.device = Span::push(arena, noise::JUNK_DEVICE),
             }
         }
-        row.seq = self.unit.rows.len() as u32;
         if self.rng.random_bool(DUPLICATE_RATE) {
             let mut dup = row.clone();
             dup.arrival = row.time + self.rng.random_range(HOUR_MS..3 * DAY_MS);
-            dup.seq = row.seq + 1;
             self.unit.rows.push(row);
             self.unit.rows.push(dup);
         } else {
@@ -563,7 +569,7 @@ impl Emitter<'_> {
         if self.rng.random_bool(0.6) {
             self.p.marketplace
         } else {
-            let w: Vec<u32> = MARKETPLACES.iter().map(|c| c.1).collect();
+            let w = MARKETPLACES.map(|c| c.1);
             MARKETPLACES[pick(self.rng, &w)].0
         }
     }
@@ -713,7 +719,7 @@ impl Emitter<'_> {
     /// The unit price of `sku` in cents: fixed per (seed, sku), log-normal around the
     /// category median, rounded to 0.10 CNY, within 10–3000 CNY.
     fn price_cents(&self, sku: u32) -> u32 {
-        let h = mix64(self.w.seed ^ 0x7072_6963_65 ^ u64::from(sku));
+        let h = mix64(self.w.seed ^ 0x0070_7269_6365 ^ u64::from(sku));
         let u1 = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
         let u2 = (mix64(h) >> 11) as f64 / (1u64 << 53) as f64;
         let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();

@@ -119,7 +119,7 @@ impl Category {
     ];
 
     /// How often a category is some shopper's favourite, and the base rate of browsing it.
-    pub(crate) const WEIGHTS: [u32; 8] = [26, 14, 8, 17, 9, 11, 9, 6];
+    pub(crate) const WEIGHTS: [u32; 8] = [30, 14, 8, 16, 9, 10, 8, 5];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {

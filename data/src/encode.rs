@@ -44,6 +44,10 @@ const AMOUNT: usize = 12;
 /// The schema of the event files (and of [`crate::generate_batches`]): `event_id`,
 /// `event_time` (ms, UTC), `channel` and `event_type` are never null; everything else is
 /// nullable Utf8 except `amount` (Float64, CNY, two decimals).
+///
+/// To read the NDJSON or CSV files with arrow's readers and this schema, enable arrow's
+/// `chrono-tz` feature (it parses the zone name `UTC`), or read `event_time` as
+/// `Timestamp(Millisecond, Some("+00:00"))`: the text carries explicit `+08:00` offsets.
 pub fn file_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
@@ -79,28 +83,18 @@ pub(crate) fn truth_schema() -> SchemaRef {
         .clone()
 }
 
-/// Stack buffers for the formatted columns of one row.
+/// Formatted columns of one row, in one reused buffer.
+#[derive(Default)]
 struct Scratch {
-    id: [u8; 16],
-    sku: [u8; 10],
-    store: [u8; 4],
-    campaign: [u8; 10],
-    page: [u8; 16],
-    page_len: usize,
-    coupon: [u8; 11],
+    buf: String,
 }
 
-impl Scratch {
-    fn new() -> Self {
-        Scratch {
-            id: [b'0'; 16],
-            sku: *b"SKU-000000",
-            store: *b"S000",
-            campaign: *b"C000000-00",
-            page: [b'/'; 16],
-            page_len: 0,
-            coupon: *b"CP000000-00",
-        }
+/// Appends `n` zero-padded to `width` digits.
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    let mut div = 10u32.pow(width - 1);
+    while div > 0 {
+        out.push(char::from(b'0' + (n / div % 10) as u8));
+        div /= 10;
     }
 }
 
@@ -112,50 +106,56 @@ fn digits(out: &mut [u8], mut n: u32) {
     }
 }
 
-fn ascii(b: &[u8]) -> &str {
-    // Scratch buffers only ever hold ASCII.
-    std::str::from_utf8(b).unwrap_or("")
-}
-
 /// The text of every column of `row` except `event_time` and `amount` (None there), in
 /// schema order; `None` is null.
 fn texts<'a>(row: &Row, arena: &'a str, s: &'a mut Scratch) -> [Option<&'a str>; 20] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, slot) in s.id.iter_mut().enumerate() {
-        *slot = HEX[((row.id >> (60 - 4 * i)) & 15) as usize];
+    let b = &mut s.buf;
+    b.clear();
+    for i in 0..16 {
+        b.push(char::from(HEX[((row.id >> (60 - 4 * i)) & 15) as usize]));
     }
+    let id = 0..16;
+    let sku = b.len()..b.len() + 10;
     if row.sku != 0 {
-        digits(&mut s.sku[4..], row.sku);
+        b.push_str("SKU-");
+        push_digits(b, row.sku, 6);
     }
+    let store = b.len()..b.len() + 4;
     if row.store != 0 {
-        digits(&mut s.store[1..], u32::from(row.store));
+        b.push('S');
+        push_digits(b, u32::from(row.store), 3);
     }
+    let campaign = b.len()..b.len() + 10;
     if row.campaign != 0 {
-        digits(&mut s.campaign[1..7], row.campaign / 100);
-        digits(&mut s.campaign[8..], row.campaign % 100);
+        b.push('C');
+        push_digits(b, row.campaign / 100, 6);
+        b.push('-');
+        push_digits(b, row.campaign % 100, 2);
     }
+    let coupon = b.len()..b.len() + 11;
     if row.coupon != 0 {
-        digits(&mut s.coupon[2..8], row.coupon / 100);
-        digits(&mut s.coupon[9..], row.coupon % 100);
+        b.push_str("CP");
+        push_digits(b, row.coupon / 100, 6);
+        b.push('-');
+        push_digits(b, row.coupon % 100, 2);
     }
-    s.page_len = 0;
+    let page_start = b.len();
     match (row.page, row.category) {
         (Page::Product, _) if row.sku != 0 => {
-            s.page[..3].copy_from_slice(b"/p/");
-            s.page[3..13].copy_from_slice(&s.sku);
-            s.page_len = 13;
+            b.push_str("/p/SKU-");
+            push_digits(b, row.sku, 6);
         }
         (Page::Category, Some(c)) | (Page::Product, Some(c)) => {
-            let name = c.as_str().as_bytes();
-            s.page[..3].copy_from_slice(b"/c/");
-            s.page[3..3 + name.len()].copy_from_slice(name);
-            s.page_len = 3 + name.len();
+            b.push_str("/c/");
+            b.push_str(c.as_str());
         }
         _ => {}
     }
-    let s: &'a Scratch = s;
+    let page = page_start..b.len();
+    let b: &'a str = b;
     [
-        Some(ascii(&s.id)),
+        b.get(id),
         None,
         Some(row.channel.as_str()),
         Some(row.event_type.as_str()),
@@ -166,15 +166,19 @@ fn texts<'a>(row: &Row, arena: &'a str, s: &'a mut Scratch) -> [Option<&'a str>;
         row.device.get(arena),
         row.member.get(arena),
         row.category.map(|c| c.as_str()),
-        (row.sku != 0).then(|| ascii(&s.sku)),
+        if row.sku != 0 { b.get(sku) } else { None },
         None,
         (row.amount_cents != 0).then_some("CNY"),
-        (row.store != 0).then(|| ascii(&s.store)),
-        (row.campaign != 0).then(|| ascii(&s.campaign)),
-        (s.page_len != 0).then(|| ascii(&s.page[..s.page_len])),
+        if row.store != 0 { b.get(store) } else { None },
+        if row.campaign != 0 {
+            b.get(campaign)
+        } else {
+            None
+        },
+        if page.is_empty() { None } else { b.get(page) },
         row.level.map(|l| l.as_str()),
         row.city.map(city_name),
-        (row.coupon != 0).then(|| ascii(&s.coupon)),
+        if row.coupon != 0 { b.get(coupon) } else { None },
     ]
 }
 
@@ -191,8 +195,8 @@ pub(crate) fn event_batch(unit: &Unit) -> Result<RecordBatch, ArrowError> {
         .collect();
     let mut times = Vec::with_capacity(n);
     let mut amounts = Float64Builder::with_capacity(n);
-    let mut scratch = Scratch::new();
-    for row in &unit.rows {
+    let mut scratch = Scratch::default();
+    for row in unit.ordered() {
         times.push(row.time);
         if row.amount_cents == 0 {
             amounts.append_null();
@@ -314,8 +318,8 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// Appends the unit's events as NDJSON lines (nulls omitted); `ends` gets each line's end.
 pub(crate) fn write_ndjson(unit: &Unit, out: &mut Vec<u8>, ends: &mut Vec<usize>) {
-    let mut scratch = Scratch::new();
-    for row in &unit.rows {
+    let mut scratch = Scratch::default();
+    for row in unit.ordered() {
         let texts = texts(row, &unit.arena, &mut scratch);
         out.push(b'{');
         for (i, (name, text)) in COLUMNS.iter().zip(texts).enumerate() {
@@ -379,8 +383,8 @@ fn push_csv_field(out: &mut Vec<u8>, s: &str) {
 
 /// Appends the unit's events as CSV records (no header; empty for null).
 pub(crate) fn write_csv(unit: &Unit, out: &mut Vec<u8>, ends: &mut Vec<usize>) {
-    let mut scratch = Scratch::new();
-    for row in &unit.rows {
+    let mut scratch = Scratch::default();
+    for row in unit.ordered() {
         let texts = texts(row, &unit.arena, &mut scratch);
         for (i, text) in texts.into_iter().enumerate() {
             if i > 0 {

@@ -65,8 +65,6 @@ pub(crate) struct Row {
     /// Sort key within the unit: when the event reached the collector (a retried duplicate
     /// arrives later than its event time).
     pub(crate) arrival: i64,
-    /// Generation order within the unit; breaks ties of `arrival`.
-    pub(crate) seq: u32,
     /// The true person (never written out; for tests).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) person: u64,
@@ -103,7 +101,6 @@ impl Row {
     ) -> Row {
         Row {
             arrival: time,
-            seq: 0,
             person,
             id,
             time,
@@ -165,8 +162,10 @@ pub(crate) struct TruthEntry {
 pub(crate) struct Unit {
     /// Persons in the unit.
     pub(crate) persons: u64,
-    /// Events, in output order once `finish` ran.
+    /// Events in generation order.
     pub(crate) rows: Vec<Row>,
+    /// Output order: indexes into `rows`, set by `finish`.
+    pub(crate) order: Vec<u32>,
     pub(crate) arena: String,
     /// Truth rows in output order: by person, then kind, then value.
     pub(crate) truth: Vec<TruthEntry>,
@@ -175,18 +174,32 @@ pub(crate) struct Unit {
 
 impl Unit {
     /// Puts the events in output order: by arrival, ties by generation order.
-    /// A retried duplicate never lands right after its original.
+    /// Fixes the output order: by arrival, ties by generation order; a retried duplicate
+    /// never lands right after its original.
     pub(crate) fn finish(&mut self) {
-        self.rows.sort_unstable_by_key(|r| (r.arrival, r.seq));
-        let n = self.rows.len();
+        let mut keys: Vec<(i64, u32)> = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.arrival, i as u32))
+            .collect();
+        keys.sort_unstable();
+        let mut order: Vec<u32> = keys.into_iter().map(|k| k.1).collect();
+        let n = order.len();
         for i in 1..n {
-            if self.rows[i].id == self.rows[i - 1].id {
+            if self.rows[order[i] as usize].id == self.rows[order[i - 1] as usize].id {
                 if i + 1 < n {
-                    self.rows.swap(i, i + 1);
+                    order.swap(i, i + 1);
                 } else if i >= 2 {
-                    self.rows.swap(i - 1, i - 2);
+                    order.swap(i - 1, i - 2);
                 }
             }
         }
+        self.order = order;
+    }
+
+    /// The events in output order (after `finish`).
+    pub(crate) fn ordered(&self) -> impl Iterator<Item = &Row> + '_ {
+        self.order.iter().map(|&i| &self.rows[i as usize])
     }
 }

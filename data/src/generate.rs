@@ -49,12 +49,14 @@ fn world(cfg: &GenConfig) -> World {
 }
 
 /// Generates events into `cfg.out` (created if missing): `events-NNNNN.<format>`,
-/// `truth.parquet`, `tags.toml` and `manifest.json`. `progress` is called with the number
-/// of persons finished since its last call.
+/// `truth.parquet`, `tags.toml` and `manifest.json`. Event files of an earlier run in
+/// `cfg.out` are removed first; other files are left alone. `progress` is called with the
+/// number of persons finished since its last call.
 pub fn generate(cfg: &GenConfig, progress: &(dyn Fn(u64) + Sync)) -> Result<GenSummary> {
     let started = Instant::now();
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.out).map_err(Error::io(&cfg.out))?;
+    sink::remove_old_event_files(&cfg.out)?;
     let world = world(cfg);
     let format = cfg.format;
     let mut events = EventSink::new(cfg);

@@ -162,7 +162,7 @@ impl IdSpace {
         x /= GIVEN.len() as u64;
         let family = FAMILY[(x % FAMILY.len() as u64) as usize];
         x /= FAMILY.len() as u64;
-        let sep = if x % 2 == 0 { "." } else { "_" };
+        let sep = if x.is_multiple_of(2) { "." } else { "_" };
         x /= 2;
         if x == 0 {
             format!("{given}{sep}{family}@{domain}")

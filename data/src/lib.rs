@@ -19,6 +19,12 @@
 //!   one row per owner;
 //! - `tags.toml` — the seed tags; `manifest.json` — parameters and files.
 //!
+//! Inside (private modules, each opening with what it owns): `config` (GenConfig, Format),
+//! `catalog` (vocabularies and weights), `ids` (true identifiers, unique by construction),
+//! `population` (persons, households, recycled numbers), `activity` (sessions → events, and
+//! which identifiers reach truth), `noise` (how values are written), `event` (rows in
+//! memory), `encode` (Arrow / NDJSON / CSV), `sink` (files), `generate` (threads, order).
+//!
 //! Output depends only on `(persons, days, seed, end_date)`: each person draws from its own
 //! RNG seeded by `(seed, index)` and units are concatenated in order whatever the thread
 //! count. [`generate_batches`] returns the same events in memory.

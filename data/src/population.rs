@@ -156,7 +156,7 @@ impl World {
         let mut households = Vec::new();
         let target = (len as f64 * HOUSEHOLD_RATE).round() as usize;
         let mut order: Vec<usize> = (0..len).collect();
-        let city_weights: Vec<u32> = CITIES.iter().map(|c| c.1).collect();
+        let city_weights = CITIES.map(|c| c.1);
         let mut taken = 0;
         while taken + 2 <= target {
             let size = rng.random_range(2..=5usize).min(len - taken);
@@ -243,7 +243,7 @@ impl Person {
         household: Option<&Household>,
     ) -> Person {
         let recycle = world.recycle(index);
-        let reg_weights: Vec<u32> = REGISTER_CHANNELS.iter().map(|c| c.1).collect();
+        let reg_weights = REGISTER_CHANNELS.map(|c| c.1);
         let registered = REGISTER_CHANNELS[pick(rng, &reg_weights)].0;
         let wechat_registered =
             matches!(registered, Channel::Miniprogram | Channel::OfficialAccount);
@@ -274,7 +274,7 @@ impl Person {
         };
         let email = has_email.then(|| {
             let qq_style = rng.random_bool(0.25);
-            let w: Vec<u32> = crate::catalog::EMAIL_DOMAINS.iter().map(|d| d.1).collect();
+            let w = crate::catalog::EMAIL_DOMAINS.map(|d| d.1);
             let domain = crate::catalog::EMAIL_DOMAINS[pick(rng, &w)].0;
             world.ids.email(index, qq_style, domain)
         });
@@ -297,7 +297,7 @@ impl Person {
         let member = has_member.then(|| world.ids.member(index));
 
         let level = Level::ALL[pick(rng, &Level::WEIGHTS)];
-        let city_weights: Vec<u32> = CITIES.iter().map(|c| c.1).collect();
+        let city_weights = CITIES.map(|c| c.1);
         let own_city = pick(rng, &city_weights) as u8;
         let city = household.map_or(own_city, |h| h.city);
         let per_city = STORES / CITIES.len() as u16;
@@ -311,7 +311,7 @@ impl Person {
         second_weights[first.index() as usize] = 0;
         let favourite = [first, Category::ALL[pick(rng, &second_weights)]];
 
-        let mp_weights: Vec<u32> = MARKETPLACES.iter().map(|c| c.1).collect();
+        let mp_weights = MARKETPLACES.map(|c| c.1);
         let marketplace = if registered.is_marketplace() {
             registered
         } else {
@@ -352,13 +352,22 @@ impl Person {
             (1.0 + tail).min(f64::from(MAX_SESSIONS)) as u32
         };
 
+        // A recycled number's old owner starts before the switch and the new owner after,
+        // so both use it.
         let days = i64::from(world.days);
-        let lo_day = match recycle {
-            Recycle::NewOwner { switch_ms, .. } => (switch_ms - world.start_ms) / DAY_MS,
-            _ => 0,
+        let switch_day = |ms: i64| (ms - world.start_ms) / DAY_MS;
+        let (lo_day, hi_day) = match recycle {
+            Recycle::NewOwner { switch_ms, .. } => (switch_day(switch_ms), days),
+            Recycle::OldOwner { switch_ms } => (0, switch_day(switch_ms).max(1)),
+            Recycle::None => (0, days),
+        };
+        let sessions = if matches!(recycle, Recycle::OldOwner { .. }) {
+            sessions.max(3)
+        } else {
+            sessions
         };
         let u: f64 = rng.random();
-        let first_day = lo_day + ((days - lo_day) as f64 * u.powf(1.5)) as i64;
+        let first_day = lo_day + ((hi_day - lo_day) as f64 * u.powf(1.5)) as i64;
         let first_day = first_day.min(days - 1);
         let last_day = if rng.random_bool(0.7) {
             days - 1

@@ -67,7 +67,7 @@ fn parquet_writer(
 }
 
 enum Writer {
-    Parquet(ArrowWriter<BufWriter<File>>),
+    Parquet(Box<ArrowWriter<BufWriter<File>>>),
     Text(BufWriter<File>),
 }
 
@@ -118,11 +118,11 @@ impl EventSink {
         let name = format!("events-{:05}.{}", self.files.len(), self.format.extension());
         let path = self.dir.join(name);
         let writer = match self.format {
-            Format::Parquet => Writer::Parquet(parquet_writer(
+            Format::Parquet => Writer::Parquet(Box::new(parquet_writer(
                 &path,
                 encode::file_schema(),
                 self.props.clone(),
-            )?),
+            )?)),
             Format::Ndjson | Format::Csv => {
                 let file = File::create(&path).map_err(Error::io(&path))?;
                 let mut w = BufWriter::with_capacity(BUF_BYTES, file);
@@ -239,6 +239,34 @@ impl TruthSink {
     }
 }
 
+/// Removes event files of an earlier run (`events-NNNNN.parquet|ndjson|csv`) from `dir`, so
+/// a smaller run into the same directory leaves no stale files behind. Touches nothing else.
+pub(crate) fn remove_old_event_files(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(Error::io(dir))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::io(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_event_file_name(name) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(Error::io(path))?;
+        }
+    }
+    Ok(())
+}
+
+fn is_event_file_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("events-") else {
+        return false;
+    };
+    let Some((number, ext)) = rest.split_once('.') else {
+        return false;
+    };
+    number.len() == 5
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && matches!(ext, "parquet" | "ndjson" | "csv")
+}
+
 /// Writes `tags.toml`, the seed tags.
 pub(crate) fn write_tags(dir: &Path) -> Result<()> {
     let path = dir.join("tags.toml");
@@ -278,4 +306,19 @@ pub(crate) fn write_manifest(cfg: &GenConfig, events: u64, files: &[PathBuf]) ->
     json.push(b'\n');
     let path = cfg.out.join("manifest.json");
     std::fs::write(&path, json).map_err(Error::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_event_files_are_old_event_files() {
+        assert!(is_event_file_name("events-00000.parquet"));
+        assert!(is_event_file_name("events-00012.csv"));
+        assert!(!is_event_file_name("events-0001.csv"));
+        assert!(!is_event_file_name("events-00001.json"));
+        assert!(!is_event_file_name("my-events-00001.csv"));
+        assert!(!is_event_file_name("truth.parquet"));
+    }
 }

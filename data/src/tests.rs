@@ -222,7 +222,18 @@ fn files_round_trip_in_every_format() {
             out: dir.path().join("out"),
             ..base.clone()
         };
-        let summary = generate(&c, &|_| {}).unwrap();
+        // A stale event file of an earlier run goes; other files stay.
+        std::fs::create_dir_all(&c.out).unwrap();
+        std::fs::write(c.out.join("events-00099.csv"), "stale").unwrap();
+        std::fs::write(c.out.join("notes.txt"), "mine").unwrap();
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let summary = generate(&c, &|n| {
+            done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(done.into_inner(), 2_500, "progress adds up to persons");
+        assert!(!c.out.join("events-00099.csv").exists());
+        assert!(c.out.join("notes.txt").exists());
         assert_eq!(summary.events as usize, expected.num_rows());
         assert_eq!(
             summary.files.len(),
@@ -355,7 +366,7 @@ fn identifiers_are_in_truth_under_their_own_person() {
         let u = generate_unit(&world, unit);
         let batch = crate::encode::event_batch(&u).unwrap();
         let ids = ["phone", "email", "unionid", "openid", "device", "member"];
-        for (i, row) in u.rows.iter().enumerate() {
+        for (i, row) in u.ordered().enumerate() {
             for kind in ids {
                 let c = col(&batch, kind);
                 if c.is_null(i) {
@@ -668,4 +679,69 @@ fn print_distributions() {
     let le2 = events.iter().filter(|&&e| e <= 2).count() as f64 / n as f64;
     let sk = stats.iter().filter(|s| s.skincare_views > 3).count() as f64 / n as f64;
     eprintln!("<=2 events {le2:.3}, skincare lovers {sk:.3}");
+
+    let world = World::new(7, 100_000, 365, GenConfig::default().end_date);
+    let mut by_channel: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut store_users: BTreeMap<String, HashSet<u64>> = BTreeMap::new();
+    let mut purchases: HashMap<u64, Vec<i64>> = HashMap::new();
+    let mut latest_level: HashMap<u64, (i64, &str)> = HashMap::new();
+    let mut total = 0usize;
+    for unit in 0..100_000u64.div_ceil(UNIT_PERSONS) {
+        let u = generate_unit(&world, unit);
+        let batch = crate::encode::event_batch(&u).unwrap();
+        let phones = col(&batch, "phone");
+        for (i, r) in u.ordered().enumerate() {
+            total += 1;
+            *by_channel.entry(r.channel.as_str()).or_default() += 1;
+            *by_type.entry(r.event_type.as_str()).or_default() += 1;
+            if let Some(n) = phones
+                .is_valid(i)
+                .then(|| norm_phone(phones.value(i)))
+                .flatten()
+                && is_store_phone(&n)
+            {
+                store_users.entry(n).or_default().insert(r.person);
+            }
+            if r.event_type == EventType::Purchase {
+                purchases.entry(r.person).or_default().push(r.time);
+            }
+            if let Some(l) = r.level {
+                let e = latest_level.entry(r.person).or_insert((i64::MIN, "none"));
+                if r.time >= e.0 {
+                    *e = (r.time, l.as_str());
+                }
+            }
+        }
+    }
+    let pct = |m: &BTreeMap<&str, usize>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {:.1}%", *v as f64 * 100.0 / total as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    eprintln!("channels: {}", pct(&by_channel));
+    eprintln!("types: {}", pct(&by_type));
+    let users: Vec<usize> = store_users.values().map(|s| s.len()).collect();
+    eprintln!(
+        "store phones: {} stores, persons per store phone mean {:.1} max {}",
+        users.len(),
+        users.iter().sum::<usize>() as f64 / users.len().max(1) as f64,
+        users.iter().max().unwrap_or(&0)
+    );
+    let week = 7 * crate::population::DAY_MS;
+    let active = purchases
+        .values()
+        .filter(|ts| ts.iter().filter(|&&t| t >= world.end_ms - week).count() >= 2)
+        .count();
+    eprintln!(
+        "highly_active (>=2 purchases in the last 7 days): {:.2}%; any purchase: {:.1}%",
+        active as f64 / 1000.0,
+        purchases.len() as f64 / 1000.0
+    );
+    let mut levels: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, l) in latest_level.values() {
+        *levels.entry(l).or_default() += 1;
+    }
+    eprintln!("latest member_level: {levels:?}");
 }

@@ -13,24 +13,18 @@ use futures::StreamExt;
 use quiver_proto::v1 as pb;
 use tonic::transport::Channel;
 
-/// Path of the `quiver` binary, built once per test run (dev profile).
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Tells the support code where cargo built `quiver` (`env!("CARGO_BIN_EXE_quiver")`).
+pub fn init(bin: &str) {
+    let _ = BIN.set(PathBuf::from(bin));
+}
+
+/// Path of the `quiver` binary under test.
 pub fn quiver_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "quiver", "--bin", "quiver"])
-            .current_dir(&root)
-            .status()
-            .expect("cargo build -p quiver");
-        assert!(status.success(), "building quiver failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        target.join("debug").join("quiver")
-    })
-    .clone()
+    BIN.get()
+        .cloned()
+        .expect("call quiver_tests::init(env!(\"CARGO_BIN_EXE_quiver\")) first")
 }
 
 /// A running `quiver serve`.
