@@ -16,7 +16,8 @@ async fn event_ids(server: &Server, ws: &str) -> Vec<String> {
         .unwrap();
     b.iter()
         .flat_map(|b| {
-            b.column(0)
+            arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)
+                .unwrap()
                 .as_string::<i32>()
                 .iter()
                 .map(|s| s.unwrap().to_string())

@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemTable;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, cast, ident, lit};
 use datafusion::scalar::ScalarValue;
 use deltalake_core::DeltaTable;
 
-use crate::event::events_schema;
 use crate::store::{Workspace, table_provider};
 use crate::{Error, Result};
 
@@ -27,24 +28,45 @@ fn context(ws: &str) -> SessionContext {
 async fn register_events(
     ctx: &SessionContext,
     table: &DeltaTable,
-    memtable: Vec<arrow::array::RecordBatch>,
+    memtable: Vec<RecordBatch>,
 ) -> Result<()> {
     let delta = ctx.read_table(table_provider(table).await?)?;
-    let target = delta.schema().clone();
-    let mem = MemTable::try_new(events_schema(), vec![memtable])?;
+    // The provider may expose other physical types (Utf8View for strings):
+    // bring the memtable rows to its schema so the union is exact.
+    let target: SchemaRef = Arc::new(delta.schema().as_arrow().clone());
+    let batches = memtable
+        .iter()
+        .map(|b| conform(b, &target))
+        .collect::<Result<Vec<_>>>()?;
+    let mem = MemTable::try_new(target, vec![batches])?;
     let mem = ctx.read_table(Arc::new(mem))?;
-    let exprs = target.fields().iter().map(|f| {
-        let name = f.name();
-        let src = events_schema();
-        match src.field_with_name(name) {
-            Ok(s) if s.data_type() == f.data_type() => ident(name),
-            _ => cast(ident(name), f.data_type().clone()).alias(name),
-        }
-    });
-    let mem = mem.select(exprs.collect::<Vec<_>>())?;
     let events = delta.union(mem)?;
     ctx.register_table("events", events.into_view())?;
     Ok(())
+}
+
+/// Casts `batch` column by column (by name) to `target`.
+fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    let columns = target
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = batch.column_by_name(f.name()).ok_or_else(|| {
+                Error::Internal(format!("memtable batch has no column `{}`", f.name()))
+            })?;
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                Ok(arrow::compute::cast(c, f.data_type())?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        target.clone(),
+        columns,
+        &opts,
+    )?)
 }
 
 impl Workspace {
