@@ -349,7 +349,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = SegmentWriter::create(dir.path(), 1).unwrap();
         for i in 0..3u8 {
-            w.append(&vec![i; 100]).unwrap();
+            w.append(&[i; 100]).unwrap();
         }
         w.sync().unwrap();
         let path = segment_path(dir.path(), 1);

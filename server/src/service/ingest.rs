@@ -31,7 +31,7 @@ async fn ingest_one(engine: Arc<Engine>, req: pb::IngestRequest) -> Result<pb::I
     let report = ws
         .ingest(req.events.iter().map(convert::raw_event))
         .await
-        .map_err(|e| status(e))
+        .map_err(status)
         .map_err(|s| {
             Status::new(
                 s.code(),
