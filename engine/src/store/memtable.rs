@@ -19,7 +19,6 @@ pub(crate) struct Frozen {
 pub(crate) struct MemState {
     pub active: Vec<RecordBatch>,
     pub active_rows: usize,
-    pub active_bytes: usize,
     pub active_since: Option<Instant>,
     pub frozen: Vec<Frozen>,
     pub table: DeltaTable,
@@ -30,7 +29,6 @@ impl MemState {
         MemState {
             active: Vec::new(),
             active_rows: 0,
-            active_bytes: 0,
             active_since: None,
             frozen: Vec::new(),
             table,
@@ -42,7 +40,6 @@ impl MemState {
             self.active_since = Some(Instant::now());
         }
         self.active_rows += batch.num_rows();
-        self.active_bytes += batch.get_array_memory_size();
         self.active.push(batch);
     }
 
@@ -50,7 +47,6 @@ impl MemState {
     pub fn freeze(&mut self, segment: u64) {
         let batches = std::mem::take(&mut self.active);
         self.active_rows = 0;
-        self.active_bytes = 0;
         self.active_since = None;
         if !batches.is_empty() {
             self.frozen.push(Frozen { segment, batches });

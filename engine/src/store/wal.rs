@@ -121,7 +121,7 @@ pub(crate) fn read_segment(path: &Path, repair: bool) -> Result<SegmentRead> {
                 .write(true)
                 .open(path)
                 .map_err(|e| Error::io(path, e))?;
-            let keep = if *at == 0 { 0 } else { *at };
+            let keep = *at;
             f.set_len(keep).map_err(|e| Error::io(path, e))?;
             if keep == 0 {
                 let mut f = f;
