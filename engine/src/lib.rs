@@ -6,6 +6,7 @@
 //!
 //! - [`event`]: the event model, validation, identifier normalisation.
 //! - `store`: per-workspace write-ahead log, memtable, Delta Lake tables.
+//! - [`identity`]: OneID, persons as connected components under rules.
 //! - `query`: SQL over a workspace's tables through DataFusion.
 //!
 //! ```no_run
@@ -21,6 +22,7 @@
 mod config;
 mod error;
 pub mod event;
+pub mod identity;
 mod query;
 mod store;
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 pub use input::{ArrowInput, FILE_COLUMNS};
-pub use normalize::{NormalizeConfig, Normalizer};
+pub use normalize::{NormalizeConfig, Normalized, Normalizer};
 pub(crate) use validate::{BatchValidator, event_key};
 
 /// Precision and scale of the `amount` column: `Decimal128(18, 2)`, in currency units.

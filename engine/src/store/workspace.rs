@@ -72,6 +72,7 @@ pub struct Workspace {
     flush_wanted: Arc<Notify>,
     closed: AtomicBool,
     last_optimize: Mutex<Instant>,
+    identity_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -159,6 +160,7 @@ impl Workspace {
             flush_wanted,
             closed: AtomicBool::new(false),
             last_optimize: Mutex::new(Instant::now()),
+            identity_lock: tokio::sync::Mutex::new(()),
         });
         spawn_background(Arc::downgrade(&ws));
         Ok(ws)
@@ -374,6 +376,16 @@ impl Workspace {
             events_files: table::file_count(&st.table),
             unflushed_rows: st.unflushed_rows(),
         }
+    }
+
+    /// The identifier normaliser (for looking values up as they were stored).
+    pub(crate) fn normalizer(&self) -> &Normalizer {
+        &self.norm
+    }
+
+    /// Held by an identity run: one at a time per workspace.
+    pub(crate) fn identity_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.identity_lock
     }
 
     /// A consistent view for queries: the committed table and the rows above it.

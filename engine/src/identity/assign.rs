@@ -1,0 +1,390 @@
+//! Stable person ids across runs.
+//!
+//! Each component of this run inherits from the previous run's persons whose
+//! values it holds: a previous person's *heir* is the component holding most
+//! of its values (ties: the component with the older oldest member). A
+//! component that is heir to several previous persons keeps the oldest one
+//! (lowest ordinal) and retires the others with a redirect (a merge); a
+//! previous person whose values now sit in several components lives on in its
+//! heir, the larger part, and the other parts become new persons (a split).
+//! New persons get the next ordinals in the order of their oldest member
+//! (first seen, then content hash), so the same events give the same ids.
+//! Ordinals are never reused.
+
+use hashbrown::{HashMap, HashSet};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::components::{Components, NONE};
+use super::graph::{Graph, key128};
+
+/// A person known before this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PrevPerson {
+    pub person_id: String,
+    pub ordinal: u32,
+    pub created_at: i64,
+    /// Set when retired: the survivor it was merged into (empty when it vanished).
+    pub merged_into: Option<String>,
+}
+
+/// What the previous run left: persons and which person each value belonged to.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Previous {
+    pub persons: Vec<PrevPerson>,
+    /// [`key128`] of `(kind, value)` → index into `persons`.
+    pub owner: HashMap<u128, u32>,
+}
+
+impl Previous {
+    fn next_ordinal(&self) -> u32 {
+        self.persons
+            .iter()
+            .map(|p| p.ordinal + 1)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// One person of this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Person {
+    pub person_id: String,
+    pub ordinal: u32,
+    pub created_at: i64,
+}
+
+/// A change in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// `merge` or `split`.
+    pub kind: &'static str,
+    /// For a merge: the survivor first, then the retired. For a split: the
+    /// person split, then the new persons.
+    pub person_ids: Vec<String>,
+    /// Values that evidence the change (JSON).
+    pub evidence: String,
+}
+
+/// The assignment of one run.
+#[derive(Debug, Clone)]
+pub(crate) struct Assignment {
+    /// Indexed like the run's components.
+    pub persons: Vec<Person>,
+    /// Every previous person, updated: retired ones carry `merged_into`.
+    pub previous: Vec<PrevPerson>,
+    pub changes: Vec<Change>,
+    pub new_persons: u64,
+    pub merges: u64,
+    pub splits: u64,
+    /// Previous live persons that kept their id and ordinal with the same values or more.
+    pub kept: u64,
+}
+
+fn make_id(seed: u64, ordinal: u32, taken: &HashSet<String>) -> String {
+    let mut salt = 0u64;
+    loop {
+        let mut buf = [0u8; 20];
+        buf[..8].copy_from_slice(&seed.to_le_bytes());
+        buf[8..12].copy_from_slice(&ordinal.to_le_bytes());
+        buf[12..].copy_from_slice(&salt.to_le_bytes());
+        let id = format!("{:016x}", xxh3_64(&buf));
+        if !taken.contains(&id) {
+            return id;
+        }
+        salt += 1;
+    }
+}
+
+fn evidence(g: &Graph, nodes: &[u32]) -> String {
+    let ids: Vec<String> = nodes
+        .iter()
+        .take(5)
+        .map(|&n| format!("{}:{}", g.kind(n), g.value(n)))
+        .collect();
+    serde_json::json!({ "identifiers": ids }).to_string()
+}
+
+/// Assigns ids to the components of `g`, given what the previous run left.
+pub(crate) fn assign(g: &Graph, c: &Components, prev: &Previous, now: i64) -> Assignment {
+    let np = c.persons as usize;
+    // Oldest member of each component: (first_seen, content hash).
+    let mut oldest = vec![(i64::MAX, u64::MAX); np];
+    // Overlap with previous persons; values new to each component.
+    let mut overlap: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut size = vec![0u32; np];
+    let mut fresh: Vec<Vec<u32>> = vec![Vec::new(); np];
+    for n in 0..g.len() as u32 {
+        let p = c.person[n as usize];
+        if p == NONE {
+            continue;
+        }
+        let key = (g.first_seen[n as usize], g.key_hash(n));
+        let slot = &mut oldest[p as usize];
+        if key < *slot {
+            *slot = key;
+        }
+        size[p as usize] += 1;
+        match prev.owner.get(&key128(g.kind(n), g.value(n))) {
+            Some(&q) => *overlap.entry((p, q)).or_insert(0) += 1,
+            None => {
+                if fresh[p as usize].len() < 5 {
+                    fresh[p as usize].push(n);
+                }
+            }
+        }
+    }
+    // Heir of every previous person; the components each one reached.
+    let mut heir: HashMap<u32, (u32, u32)> = HashMap::new();
+    let mut reached: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut entries: Vec<((u32, u32), u32)> = overlap.into_iter().collect();
+    entries.sort_unstable();
+    for &((p, q), count) in &entries {
+        reached.entry(q).or_default().push(p);
+        let better = match heir.get(&q) {
+            None => true,
+            Some(&(best, best_count)) => {
+                count > best_count
+                    || (count == best_count && oldest[p as usize] < oldest[best as usize])
+            }
+        };
+        if better {
+            heir.insert(q, (p, count));
+        }
+    }
+    let mut claimants: Vec<Vec<u32>> = vec![Vec::new(); np];
+    for (&q, &(p, _)) in &heir {
+        claimants[p as usize].push(q);
+    }
+    let mut previous = prev.persons.clone();
+    let mut taken: HashSet<String> = prev.persons.iter().map(|p| p.person_id.clone()).collect();
+    let mut persons: Vec<Option<Person>> = vec![None; np];
+    let mut changes = Vec::new();
+    let (mut merges, mut kept) = (0u64, 0u64);
+    for p in 0..np {
+        let cl = &mut claimants[p];
+        if cl.is_empty() {
+            continue;
+        }
+        cl.sort_unstable_by_key(|&q| prev.persons[q as usize].ordinal);
+        let survivor = &prev.persons[cl[0] as usize];
+        persons[p] = Some(Person {
+            person_id: survivor.person_id.clone(),
+            ordinal: survivor.ordinal,
+            created_at: survivor.created_at,
+        });
+        if reached.get(&cl[0]).is_some_and(|r| r.len() == 1) {
+            kept += 1;
+        }
+        if cl.len() > 1 {
+            let mut ids = vec![survivor.person_id.clone()];
+            for &q in &cl[1..] {
+                previous[q as usize].merged_into = Some(survivor.person_id.clone());
+                ids.push(prev.persons[q as usize].person_id.clone());
+                merges += 1;
+            }
+            changes.push(Change {
+                kind: "merge",
+                person_ids: ids,
+                evidence: evidence(g, &fresh[p]),
+            });
+        }
+    }
+    // New persons, oldest member first.
+    let mut new: Vec<u32> = (0..np as u32)
+        .filter(|&p| persons[p as usize].is_none())
+        .collect();
+    new.sort_unstable_by_key(|&p| oldest[p as usize]);
+    let mut next = prev.next_ordinal();
+    for &p in &new {
+        let id = make_id(oldest[p as usize].1, next, &taken);
+        taken.insert(id.clone());
+        persons[p as usize] = Some(Person {
+            person_id: id,
+            ordinal: next,
+            created_at: now,
+        });
+        next += 1;
+    }
+    let persons: Vec<Person> = persons.into_iter().flatten().collect();
+    // Splits: a previous person whose values went to more than one component.
+    let mut splits = 0u64;
+    let mut split_from: Vec<(&u32, &Vec<u32>)> =
+        reached.iter().filter(|(_, r)| r.len() > 1).collect();
+    split_from.sort_unstable();
+    for (&q, parts) in split_from {
+        let Some(&(heir_p, _)) = heir.get(&q) else {
+            continue;
+        };
+        let mut ids = vec![prev.persons[q as usize].person_id.clone()];
+        for &p in parts.iter().filter(|&&p| p != heir_p) {
+            ids.push(persons[p as usize].person_id.clone());
+        }
+        splits += 1;
+        changes.push(Change {
+            kind: "split",
+            person_ids: ids,
+            evidence: serde_json::json!({ "kept_by": persons[heir_p as usize].person_id, "parts": parts.len() }).to_string(),
+        });
+    }
+    // Live persons no value of which is in any component now: retired, no redirect.
+    for (q, person) in previous.iter_mut().enumerate() {
+        if person.merged_into.is_none()
+            && !reached.contains_key(&(q as u32))
+            && !heir.contains_key(&(q as u32))
+        {
+            person.merged_into = Some(String::new());
+        }
+    }
+    Assignment {
+        persons,
+        previous,
+        changes,
+        new_persons: new.len() as u64,
+        merges,
+        splits,
+        kept,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::components::components;
+    use crate::identity::rules::IdentityRules;
+
+    fn graph(events: &[&[(&str, &str)]]) -> Graph {
+        let mut g = Graph::default();
+        for (t, ev) in events.iter().enumerate() {
+            let mut nodes: Vec<u32> = ev.iter().map(|(k, v)| g.intern(k, v)).collect();
+            g.add_event(&mut nodes, t as i64);
+        }
+        g
+    }
+
+    fn run(g: &Graph, prev: &Previous) -> (Components, Assignment) {
+        let c = components(g, &IdentityRules::default().compile().unwrap());
+        let a = assign(g, &c, prev, 7);
+        (c, a)
+    }
+
+    /// The previous state a run leaves, as the tables would hold it.
+    fn carry(g: &Graph, c: &Components, a: &Assignment) -> Previous {
+        let mut prev = Previous {
+            persons: a.previous.clone(),
+            owner: HashMap::new(),
+        };
+        let base = prev.persons.len() as u32;
+        let mut index = HashMap::new();
+        for p in &a.persons {
+            match prev.persons.iter().position(|q| q.person_id == p.person_id) {
+                Some(i) => {
+                    index.insert(p.person_id.clone(), i as u32);
+                }
+                None => {
+                    index.insert(p.person_id.clone(), base + index.len() as u32);
+                    prev.persons.push(PrevPerson {
+                        person_id: p.person_id.clone(),
+                        ordinal: p.ordinal,
+                        created_at: p.created_at,
+                        merged_into: None,
+                    });
+                }
+            }
+        }
+        for n in 0..g.len() as u32 {
+            let p = c.person[n as usize];
+            if p != NONE {
+                let id = &a.persons[p as usize].person_id;
+                let i = prev
+                    .persons
+                    .iter()
+                    .position(|q| &q.person_id == id)
+                    .unwrap();
+                prev.owner.insert(key128(g.kind(n), g.value(n)), i as u32);
+            }
+        }
+        prev
+    }
+
+    fn id_of(g: &Graph, c: &Components, a: &Assignment, kind: &str, value: &str) -> (String, u32) {
+        let p = &a.persons[c.person[g.find(kind, value).unwrap() as usize] as usize];
+        (p.person_id.clone(), p.ordinal)
+    }
+
+    #[test]
+    fn ids_survive_a_rerun_and_merges_keep_the_older() {
+        let e1: &[&[(&str, &str)]] = &[&[("phone", "p1")], &[("phone", "p2")], &[("email", "e3")]];
+        let g1 = graph(e1);
+        let (c1, a1) = run(&g1, &Previous::default());
+        assert_eq!(a1.new_persons, 3);
+        let ords: Vec<u32> = a1.persons.iter().map(|p| p.ordinal).collect();
+        assert_eq!(ords.iter().copied().collect::<HashSet<_>>().len(), 3);
+        let p1 = id_of(&g1, &c1, &a1, "phone", "p1");
+        let p2 = id_of(&g1, &c1, &a1, "phone", "p2");
+        // p1 is older (first seen first), so it gets ordinal 0.
+        assert_eq!(p1.1, 0);
+
+        let prev = carry(&g1, &c1, &a1);
+        let mut events = e1.to_vec();
+        events.push(&[("phone", "p1"), ("unionid", "u")]);
+        events.push(&[("phone", "p2"), ("unionid", "u")]);
+        let g2 = graph(&events);
+        let (c2, a2) = run(&g2, &prev);
+        assert_eq!(a2.merges, 1);
+        assert_eq!(a2.new_persons, 0);
+        assert_eq!(id_of(&g2, &c2, &a2, "phone", "p2"), p1);
+        let retired = a2.previous.iter().find(|p| p.person_id == p2.0).unwrap();
+        assert_eq!(retired.merged_into.as_deref(), Some(p1.0.as_str()));
+        assert_eq!(a2.changes[0].kind, "merge");
+
+        // A third run over the same events changes nothing.
+        let prev = carry(&g2, &c2, &a2);
+        let (c3, a3) = run(&g2, &prev);
+        assert_eq!((a3.merges, a3.splits, a3.new_persons), (0, 0, 0));
+        assert_eq!(
+            id_of(&g2, &c3, &a3, "email", "e3"),
+            id_of(&g2, &c2, &a2, "email", "e3")
+        );
+    }
+
+    #[test]
+    fn a_split_keeps_the_id_on_the_larger_part_and_never_reuses_ordinals() {
+        let events: &[&[(&str, &str)]] = &[
+            &[("phone", "p1"), ("email", "a")],
+            &[("phone", "p1"), ("email", "b")],
+            &[("email", "b"), ("cookie", "c")],
+            &[("cookie", "c"), ("member", "m")],
+        ];
+        let g = graph(events);
+        let (c, a) = run(&g, &Previous::default());
+        assert_eq!(c.persons, 1);
+        let before = id_of(&g, &c, &a, "phone", "p1");
+        let prev = carry(&g, &c, &a);
+        // A rule change: cookies no longer merge.
+        let rules = IdentityRules::from_toml("[kinds.cookie]\nmerge = false\n").unwrap();
+        let c2 = components(&g, &rules.compile().unwrap());
+        let a2 = assign(&g, &c2, &prev, 9);
+        assert_eq!(a2.splits, 1);
+        assert_eq!(id_of(&g, &c2, &a2, "phone", "p1"), before);
+        let (_, ord_m) = id_of(&g, &c2, &a2, "member", "m");
+        assert!(ord_m > before.1);
+    }
+
+    #[test]
+    fn new_ids_do_not_depend_on_event_order() {
+        let events: Vec<&[(&str, &str)]> =
+            vec![&[("phone", "p1")], &[("phone", "p2"), ("email", "e")]];
+        let g1 = graph(&events);
+        let (c1, a1) = run(&g1, &Previous::default());
+        // The same events (same times) arriving in reverse order.
+        let mut g2 = Graph::default();
+        for (t, ev) in events.iter().enumerate().rev() {
+            let mut nodes: Vec<u32> = ev.iter().map(|(k, v)| g2.intern(k, v)).collect();
+            g2.add_event(&mut nodes, t as i64);
+        }
+        let (c2, a2) = run(&g2, &Previous::default());
+        for (k, v) in [("phone", "p1"), ("phone", "p2"), ("email", "e")] {
+            assert_eq!(id_of(&g1, &c1, &a1, k, v), id_of(&g2, &c2, &a2, k, v));
+        }
+    }
+}

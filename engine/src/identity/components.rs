@@ -1,0 +1,456 @@
+//! Persons as connected components of the identity graph, under the rules.
+//!
+//! 1. Edges are applied strongest first: an edge's strength is the lower
+//!    priority of its two kinds; within a strength, by the content hashes of
+//!    its ends. The order never depends on the order events arrived in.
+//! 2. Before the edges of strength `p`, the super-node guard looks at every
+//!    value of priority `p`: the number of distinct persons among its
+//!    neighbours of priority `p` or more (persons as formed by the stronger
+//!    edges so far). More than the kind's K, and the value is quarantined: none
+//!    of its edges is used, and it belongs to no person.
+//! 3. A union that would give the person more values of a capped class (kind,
+//!    or kind and app id for openids) than the cap is refused and recorded.
+//! 4. Values of kinds that may not merge are attached afterwards to the person
+//!    they co-occur with on most events (ties: smallest content hash).
+//!
+//! Union-find with path halving and union by rank; counts per capped class
+//! live in one flat array indexed by root.
+
+use hashbrown::HashMap;
+
+use super::graph::{Graph, edge_ends};
+use super::rules::{CompiledRules, cap_class};
+
+/// A value the super-node guard took out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Quarantine {
+    pub node: u32,
+    /// Distinct persons its links would have joined.
+    pub persons: u32,
+    /// The K it exceeded.
+    pub limit: u32,
+}
+
+/// A union the caps refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub a: u32,
+    pub b: u32,
+    /// The capped class (`phone`, `openid:wx1`) that would have overflowed.
+    pub class: String,
+    /// How many values of that class the merged person would have held.
+    pub would_hold: u32,
+    pub cap: u32,
+}
+
+/// The outcome: a person index per node.
+#[derive(Debug, Clone)]
+pub(crate) struct Components {
+    /// `person[n]`: dense person index of node `n`, or [`NONE`] when quarantined.
+    pub person: Vec<u32>,
+    pub persons: u32,
+    pub quarantined: Vec<Quarantine>,
+    pub refused: Vec<Refusal>,
+}
+
+/// No person.
+pub(crate) const NONE: u32 = u32::MAX;
+
+struct UnionFind {
+    parent: Vec<u32>,
+    rank: Vec<u8>,
+}
+
+impl UnionFind {
+    fn new(n: usize) -> Self {
+        UnionFind {
+            parent: (0..n as u32).collect(),
+            rank: vec![0; n],
+        }
+    }
+
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            let grand = self.parent[self.parent[x as usize] as usize];
+            self.parent[x as usize] = grand;
+            x = grand;
+        }
+        x
+    }
+
+    /// Links roots `a` and `b`; returns the new root.
+    fn link(&mut self, a: u32, b: u32) -> u32 {
+        let (ra, rb) = (self.rank[a as usize], self.rank[b as usize]);
+        if ra < rb {
+            self.parent[a as usize] = b;
+            b
+        } else {
+            self.parent[b as usize] = a;
+            if ra == rb {
+                self.rank[a as usize] += 1;
+            }
+            a
+        }
+    }
+}
+
+/// Per-node facts from the rules.
+struct NodeRules {
+    priority: Vec<u8>,
+    merge: Vec<bool>,
+    guard: Vec<u32>,
+    /// Capped class index, or `u16::MAX`.
+    class: Vec<u16>,
+    class_names: Vec<String>,
+    caps: Vec<u32>,
+}
+
+fn node_rules(g: &Graph, rules: &CompiledRules) -> NodeRules {
+    let n = g.len();
+    let mut out = NodeRules {
+        priority: Vec::with_capacity(n),
+        merge: Vec::with_capacity(n),
+        guard: Vec::with_capacity(n),
+        class: Vec::with_capacity(n),
+        class_names: Vec::new(),
+        caps: Vec::new(),
+    };
+    let mut classes: HashMap<(String, String), u16> = HashMap::new();
+    for node in 0..n as u32 {
+        let kind = g.kind(node);
+        let rule = rules.kind(kind);
+        out.priority.push(rule.priority);
+        out.merge.push(rule.merge);
+        out.guard.push(rule.guard);
+        let class = match rule.cap {
+            Some(cap) if rule.merge => {
+                let (k, app) = cap_class(kind, g.value(node));
+                let key = (k.to_string(), app.to_string());
+                *classes.entry(key).or_insert_with(|| {
+                    let name = if app.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{k}:{app}")
+                    };
+                    out.class_names.push(name);
+                    out.caps.push(cap);
+                    (out.class_names.len() - 1) as u16
+                })
+            }
+            _ => u16::MAX,
+        };
+        out.class.push(class);
+    }
+    out
+}
+
+/// Adjacency of the graph in CSR form, over mergeable nodes only.
+struct Adjacency {
+    start: Vec<usize>,
+    to: Vec<u32>,
+}
+
+impl Adjacency {
+    fn new(n: usize, edges: &[(u32, u32)]) -> Self {
+        let mut start = vec![0usize; n + 1];
+        for &(a, b) in edges {
+            start[a as usize + 1] += 1;
+            start[b as usize + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start.clone();
+        let mut to = vec![0u32; start[n]];
+        for &(a, b) in edges {
+            to[fill[a as usize]] = b;
+            fill[a as usize] += 1;
+            to[fill[b as usize]] = a;
+            fill[b as usize] += 1;
+        }
+        Adjacency { start, to }
+    }
+
+    fn of(&self, n: u32) -> &[u32] {
+        &self.to[self.start[n as usize]..self.start[n as usize + 1]]
+    }
+}
+
+/// Computes the persons of `g` under `rules`.
+pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
+    let n = g.len();
+    let nr = node_rules(g, rules);
+    // Mergeable edges in the deterministic order; attach edges kept aside.
+    let mut merge_edges: Vec<(u8, u64, u64, u32, u32)> = Vec::with_capacity(g.edges.len());
+    let mut attach: Vec<(u32, u32, u32)> = Vec::new();
+    for (&key, stat) in &g.edges {
+        let (a, b) = edge_ends(key);
+        match (nr.merge[a as usize], nr.merge[b as usize]) {
+            (true, true) => {
+                let strength = nr.priority[a as usize].min(nr.priority[b as usize]);
+                let (ha, hb) = (g.key_hash(a), g.key_hash(b));
+                let (lo, hi) = if ha <= hb { (ha, hb) } else { (hb, ha) };
+                merge_edges.push((u8::MAX - strength, lo, hi, a, b));
+            }
+            (false, true) => attach.push((a, b, stat.events)),
+            (true, false) => attach.push((b, a, stat.events)),
+            (false, false) => {}
+        }
+    }
+    merge_edges.sort_unstable();
+    let pairs: Vec<(u32, u32)> = merge_edges.iter().map(|e| (e.3, e.4)).collect();
+    let adj = Adjacency::new(n, &pairs);
+
+    let ncls = nr.caps.len();
+    let mut counts = vec![0u32; n * ncls.max(1)];
+    for node in 0..n {
+        let c = nr.class[node];
+        if c != u16::MAX {
+            counts[node * ncls + c as usize] = 1;
+        }
+    }
+    // Nodes by priority, strongest first, for the guard.
+    let mut by_priority: Vec<u32> = (0..n as u32).filter(|&v| nr.merge[v as usize]).collect();
+    by_priority.sort_unstable_by_key(|&v| (u8::MAX - nr.priority[v as usize], g.key_hash(v)));
+
+    let mut uf = UnionFind::new(n);
+    let mut quarantined_flag = vec![false; n];
+    let mut quarantined = Vec::new();
+    let mut refused = Vec::new();
+    let mut next_node = 0usize;
+    let mut e = 0usize;
+    let mut roots: Vec<u32> = Vec::new();
+    while e < merge_edges.len() {
+        let strength = u8::MAX - merge_edges[e].0;
+        // Guard every value of this priority (and stronger ones not yet looked at).
+        while next_node < by_priority.len()
+            && nr.priority[by_priority[next_node] as usize] >= strength
+        {
+            let v = by_priority[next_node];
+            next_node += 1;
+            let limit = nr.guard[v as usize];
+            let p = nr.priority[v as usize];
+            let nbrs = adj.of(v);
+            if nbrs.len() as u32 <= limit {
+                continue;
+            }
+            roots.clear();
+            for &w in nbrs {
+                if nr.priority[w as usize] >= p && !quarantined_flag[w as usize] {
+                    roots.push(uf.find(w));
+                }
+            }
+            roots.sort_unstable();
+            roots.dedup();
+            if roots.len() as u32 > limit {
+                quarantined_flag[v as usize] = true;
+                quarantined.push(Quarantine {
+                    node: v,
+                    persons: roots.len() as u32,
+                    limit,
+                });
+            }
+        }
+        while e < merge_edges.len() && u8::MAX - merge_edges[e].0 == strength {
+            let (_, _, _, a, b) = merge_edges[e];
+            e += 1;
+            if quarantined_flag[a as usize] || quarantined_flag[b as usize] {
+                continue;
+            }
+            let (ra, rb) = (uf.find(a), uf.find(b));
+            if ra == rb {
+                continue;
+            }
+            let (oa, ob) = (ra as usize * ncls, rb as usize * ncls);
+            let over = (0..ncls).find(|&c| counts[oa + c] + counts[ob + c] > nr.caps[c]);
+            if let Some(c) = over {
+                refused.push(Refusal {
+                    a,
+                    b,
+                    class: nr.class_names[c].clone(),
+                    would_hold: counts[oa + c] + counts[ob + c],
+                    cap: nr.caps[c],
+                });
+                continue;
+            }
+            let root = uf.link(ra, rb);
+            let other = if root == ra { ob } else { oa };
+            let base = root as usize * ncls;
+            for c in 0..ncls {
+                counts[base + c] += counts[other + c];
+            }
+        }
+    }
+    // Values only in weaker edges than any applied: still guard-free (they link nothing).
+
+    // Attach non-merging values to the person they co-occur with most.
+    let mut best: HashMap<u32, (u32, u64, u32)> = HashMap::new();
+    for &(v, w, events) in &attach {
+        if quarantined_flag[w as usize] {
+            continue;
+        }
+        let root = uf.find(w);
+        let cand = (events, u64::MAX - g.key_hash(w), root);
+        let slot = best.entry(v).or_insert(cand);
+        if (cand.0, cand.1) > (slot.0, slot.1) {
+            *slot = cand;
+        }
+    }
+    let mut attached_to: Vec<u32> = vec![NONE; n];
+    for (v, (_, _, root)) in best {
+        attached_to[v as usize] = root;
+    }
+
+    // Dense person indexes, in node order of each person's first node.
+    let mut person = vec![NONE; n];
+    let mut dense: HashMap<u32, u32> = HashMap::new();
+    let mut persons = 0u32;
+    for v in 0..n as u32 {
+        if quarantined_flag[v as usize] {
+            continue;
+        }
+        let root = if nr.merge[v as usize] {
+            uf.find(v)
+        } else if attached_to[v as usize] != NONE {
+            attached_to[v as usize]
+        } else {
+            v
+        };
+        let id = *dense.entry(root).or_insert_with(|| {
+            persons += 1;
+            persons - 1
+        });
+        person[v as usize] = id;
+    }
+    quarantined.sort_by_key(|q| g.key_hash(q.node));
+    Components {
+        person,
+        persons,
+        quarantined,
+        refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::rules::IdentityRules;
+
+    fn graph(events: &[&[(&str, &str)]]) -> Graph {
+        let mut g = Graph::default();
+        for (t, ev) in events.iter().enumerate() {
+            let mut nodes: Vec<u32> = ev.iter().map(|(k, v)| g.intern(k, v)).collect();
+            g.add_event(&mut nodes, t as i64);
+        }
+        g
+    }
+
+    fn same(g: &Graph, c: &Components, a: (&str, &str), b: (&str, &str)) -> bool {
+        let pa = c.person[g.find(a.0, a.1).unwrap() as usize];
+        let pb = c.person[g.find(b.0, b.1).unwrap() as usize];
+        pa != NONE && pa == pb
+    }
+
+    fn run(g: &Graph, toml: &str) -> Components {
+        let rules = if toml.is_empty() {
+            IdentityRules::default()
+        } else {
+            IdentityRules::from_toml(toml).unwrap()
+        };
+        components(g, &rules.compile().unwrap())
+    }
+
+    #[test]
+    fn co_occurring_values_are_one_person() {
+        let g = graph(&[
+            &[("phone", "p1"), ("email", "e1")],
+            &[("email", "e1"), ("unionid", "u1")],
+            &[("phone", "p2")],
+        ]);
+        let c = run(&g, "");
+        assert_eq!(c.persons, 2);
+        assert!(same(&g, &c, ("phone", "p1"), ("unionid", "u1")));
+        assert!(!same(&g, &c, ("phone", "p1"), ("phone", "p2")));
+    }
+
+    #[test]
+    fn caps_refuse_a_second_member_card() {
+        // A recycled phone seen with two member cards.
+        let g = graph(&[
+            &[("phone", "p"), ("member", "m1")],
+            &[("phone", "p"), ("member", "m2")],
+        ]);
+        let c = run(&g, "");
+        assert_eq!(c.persons, 2);
+        assert!(!same(&g, &c, ("member", "m1"), ("member", "m2")));
+        assert_eq!(c.refused.len(), 1);
+        assert_eq!(c.refused[0].class, "member");
+        assert_eq!((c.refused[0].would_hold, c.refused[0].cap), (2, 1));
+    }
+
+    #[test]
+    fn openid_caps_count_per_app() {
+        let g = graph(&[
+            &[("unionid", "u"), ("openid", "wxa:1")],
+            &[("unionid", "u"), ("openid", "wxb:1")],
+            &[("unionid", "u"), ("openid", "wxa:2")],
+        ]);
+        let c = run(&g, "");
+        // One openid of app wxa joins (which one is decided by the content
+        // order), the other is refused; wxb's joins too.
+        let joined = [("openid", "wxa:1"), ("openid", "wxa:2")]
+            .into_iter()
+            .filter(|&o| same(&g, &c, ("unionid", "u"), o))
+            .count();
+        assert_eq!(joined, 1);
+        assert!(same(&g, &c, ("unionid", "u"), ("openid", "wxb:1")));
+        assert_eq!(c.refused.len(), 1);
+        assert_eq!(c.refused[0].class, "openid:wxa");
+    }
+
+    #[test]
+    fn a_store_phone_is_quarantined() {
+        let mut events: Vec<Vec<(&str, String)>> = Vec::new();
+        for i in 0..10 {
+            events.push(vec![("phone", "store".into()), ("member", format!("m{i}"))]);
+        }
+        let mut g = Graph::default();
+        for ev in &events {
+            let mut nodes: Vec<u32> = ev.iter().map(|(k, v)| g.intern(k, v)).collect();
+            g.add_event(&mut nodes, 0);
+        }
+        let c = run(&g, "");
+        assert_eq!(c.persons, 10);
+        assert_eq!(c.quarantined.len(), 1);
+        assert_eq!(c.quarantined[0].persons, 10);
+        assert_eq!(c.person[g.find("phone", "store").unwrap() as usize], NONE);
+    }
+
+    #[test]
+    fn a_shared_device_never_merges_two_persons() {
+        let g = graph(&[
+            &[("phone", "p1"), ("device", "tablet")],
+            &[("phone", "p2"), ("device", "tablet")],
+            &[("phone", "p1"), ("device", "own")],
+        ]);
+        let c = run(&g, "");
+        assert!(!same(&g, &c, ("phone", "p1"), ("phone", "p2")));
+        assert!(same(&g, &c, ("phone", "p1"), ("device", "own")));
+        assert_eq!(c.quarantined.len(), 1);
+    }
+
+    #[test]
+    fn non_merging_kinds_attach_without_linking() {
+        let g = graph(&[
+            &[("phone", "p1"), ("cookie", "c")],
+            &[("phone", "p1"), ("cookie", "c")],
+            &[("phone", "p2"), ("cookie", "c")],
+        ]);
+        let c = run(
+            &g,
+            "[kinds.phone]\npriority = 80\n[kinds.cookie]\nmerge = false\n",
+        );
+        assert!(!same(&g, &c, ("phone", "p1"), ("phone", "p2")));
+        assert!(same(&g, &c, ("phone", "p1"), ("cookie", "c")));
+    }
+}

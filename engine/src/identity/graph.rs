@@ -1,0 +1,273 @@
+//! The identity graph: every identifier value seen on events (a node) and every
+//! pair of values seen on the same event (an edge, with how many events
+//! evidenced it). Built from the `identifiers` column of event batches.
+//!
+//! Nodes are interned in arrival order, but everything that decides the result
+//! (the union order, ties) uses [`Graph::key_hash`], a hash of the node's
+//! content, so the same events give the same persons in any order.
+
+use arrow::array::{
+    Array, AsArray, GenericListArray, RecordBatch, StringArray, StringViewArray, StructArray,
+};
+use arrow::datatypes::{DataType, TimestampMicrosecondType};
+use hashbrown::{HashMap, HashTable};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::rules::CompiledRules;
+use crate::{Error, Result};
+
+/// Events with more identifiers than this link them as a star from the first
+/// (strongest) one instead of all pairs.
+const CLIQUE_MAX: usize = 8;
+
+/// Per-edge evidence kept in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EdgeStat {
+    /// Events that carried both values.
+    pub events: u32,
+}
+
+/// The identity graph.
+#[derive(Debug, Default)]
+pub(crate) struct Graph {
+    kinds: Vec<String>,
+    kind_of: Vec<u16>,
+    arena: String,
+    ends: Vec<usize>,
+    hashes: Vec<u64>,
+    pub first_seen: Vec<i64>,
+    pub last_seen: Vec<i64>,
+    index: HashTable<u32>,
+    kind_index: HashMap<String, u16>,
+    pub edges: HashMap<u64, EdgeStat>,
+    /// Occurrences of blocklisted values skipped.
+    pub blocked: u64,
+    /// Events read.
+    pub events: u64,
+}
+
+/// Content hash of `(kind, value)`; the deterministic order key of a node.
+pub(crate) fn key_hash(kind: &str, value: &str) -> u64 {
+    let mut buf = Vec::with_capacity(kind.len() + value.len() + 1);
+    buf.extend_from_slice(kind.as_bytes());
+    buf.push(0x1f);
+    buf.extend_from_slice(value.as_bytes());
+    xxh3_64(&buf)
+}
+
+/// The 128-bit content hash of `(kind, value)`: the key values are looked up
+/// by across runs (collisions are not a practical concern at this width).
+pub(crate) fn key128(kind: &str, value: &str) -> u128 {
+    let mut buf = Vec::with_capacity(kind.len() + value.len() + 1);
+    buf.extend_from_slice(kind.as_bytes());
+    buf.push(0x1f);
+    buf.extend_from_slice(value.as_bytes());
+    xxhash_rust::xxh3::xxh3_128(&buf)
+}
+
+fn edge_key(a: u32, b: u32) -> u64 {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    (u64::from(lo) << 32) | u64::from(hi)
+}
+
+/// The two ends of an edge key.
+pub(crate) fn edge_ends(key: u64) -> (u32, u32) {
+    ((key >> 32) as u32, key as u32)
+}
+
+/// A string column that may be `Utf8` or `Utf8View` (the Delta provider's choice).
+pub(crate) enum Strings<'a> {
+    Utf8(&'a StringArray),
+    View(&'a StringViewArray),
+}
+
+impl<'a> Strings<'a> {
+    pub(crate) fn of(array: &'a dyn Array, what: &str) -> Result<Self> {
+        match array.data_type() {
+            DataType::Utf8 => Ok(Strings::Utf8(array.as_string::<i32>())),
+            DataType::Utf8View => Ok(Strings::View(array.as_string_view())),
+            other => Err(Error::Internal(format!(
+                "identity: `{what}` is {other}, expected a string"
+            ))),
+        }
+    }
+
+    pub(crate) fn get(&self, i: usize) -> Option<&'a str> {
+        match self {
+            Strings::Utf8(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Strings::View(a) => (!a.is_null(i)).then(|| a.value(i)),
+        }
+    }
+}
+
+impl Graph {
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.kind_of.len()
+    }
+
+    /// The kind of node `n`.
+    pub fn kind(&self, n: u32) -> &str {
+        &self.kinds[self.kind_of[n as usize] as usize]
+    }
+
+    /// The normalised value of node `n`.
+    pub fn value(&self, n: u32) -> &str {
+        let n = n as usize;
+        let start = if n == 0 { 0 } else { self.ends[n - 1] };
+        &self.arena[start..self.ends[n]]
+    }
+
+    /// The content hash of node `n`.
+    pub fn key_hash(&self, n: u32) -> u64 {
+        self.hashes[n as usize]
+    }
+
+    /// The node of `(kind, value)`, if seen.
+    #[cfg(test)]
+    pub fn find(&self, kind: &str, value: &str) -> Option<u32> {
+        let h = key_hash(kind, value);
+        self.index
+            .find(h, |&n| self.kind(n) == kind && self.value(n) == value)
+            .copied()
+    }
+
+    /// The node of `(kind, value)`, created if new.
+    pub fn intern(&mut self, kind: &str, value: &str) -> u32 {
+        let h = key_hash(kind, value);
+        if let Some(&n) = self
+            .index
+            .find(h, |&n| self.kind(n) == kind && self.value(n) == value)
+        {
+            return n;
+        }
+        let k = match self.kind_index.get(kind) {
+            Some(&k) => k,
+            None => {
+                let k = self.kinds.len() as u16;
+                self.kinds.push(kind.to_string());
+                self.kind_index.insert(kind.to_string(), k);
+                k
+            }
+        };
+        let n = self.kind_of.len() as u32;
+        self.kind_of.push(k);
+        self.arena.push_str(value);
+        self.ends.push(self.arena.len());
+        self.hashes.push(h);
+        self.first_seen.push(i64::MAX);
+        self.last_seen.push(i64::MIN);
+        let hashes = &self.hashes;
+        self.index.insert_unique(h, n, |&m| hashes[m as usize]);
+        n
+    }
+
+    /// Records one event carrying `nodes` (deduplicated here) at `time` (µs).
+    pub fn add_event(&mut self, nodes: &mut Vec<u32>, time: i64) {
+        self.events += 1;
+        nodes.sort_unstable();
+        nodes.dedup();
+        for &n in nodes.iter() {
+            let n = n as usize;
+            self.first_seen[n] = self.first_seen[n].min(time);
+            self.last_seen[n] = self.last_seen[n].max(time);
+        }
+        if nodes.len() <= CLIQUE_MAX {
+            for (i, &a) in nodes.iter().enumerate() {
+                for &b in &nodes[i + 1..] {
+                    self.edges
+                        .entry(edge_key(a, b))
+                        .or_insert(EdgeStat { events: 0 })
+                        .events += 1;
+                }
+            }
+        } else {
+            // A star from the node with the smallest content hash: deterministic.
+            let hub = nodes
+                .iter()
+                .copied()
+                .min_by_key(|&n| self.hashes[n as usize])
+                .unwrap_or(nodes[0]);
+            for &b in nodes.iter().filter(|&&b| b != hub) {
+                self.edges
+                    .entry(edge_key(hub, b))
+                    .or_insert(EdgeStat { events: 0 })
+                    .events += 1;
+            }
+        }
+    }
+
+    /// Adds every event of `batch` (columns `event_time` and `identifiers`),
+    /// skipping values the rules block.
+    pub fn add_batch(&mut self, batch: &RecordBatch, rules: &CompiledRules) -> Result<()> {
+        let times = batch
+            .column_by_name("event_time")
+            .ok_or_else(|| Error::Internal("identity: no `event_time` column".into()))?;
+        let times = times
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| Error::Internal("identity: `event_time` is not µs".into()))?;
+        let ids = batch
+            .column_by_name("identifiers")
+            .ok_or_else(|| Error::Internal("identity: no `identifiers` column".into()))?;
+        let ids: &GenericListArray<i32> = ids
+            .as_list_opt()
+            .ok_or_else(|| Error::Internal("identity: `identifiers` is not a list".into()))?;
+        let entries: &StructArray = ids.values().as_struct();
+        let kinds = Strings::of(entries.column(0).as_ref(), "identifiers.kind")?;
+        let values = Strings::of(entries.column(1).as_ref(), "identifiers.value")?;
+        let offsets = ids.value_offsets();
+        let mut nodes = Vec::with_capacity(8);
+        for row in 0..batch.num_rows() {
+            if ids.is_null(row) {
+                continue;
+            }
+            nodes.clear();
+            for j in offsets[row] as usize..offsets[row + 1] as usize {
+                let (Some(kind), Some(value)) = (kinds.get(j), values.get(j)) else {
+                    continue;
+                };
+                if rules.kind(kind).blocked(value) {
+                    self.blocked += 1;
+                    continue;
+                }
+                nodes.push(self.intern(kind, value));
+            }
+            if !nodes.is_empty() {
+                self.add_event(&mut nodes, times.value(row));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_and_edges() {
+        let mut g = Graph::default();
+        let a = g.intern("phone", "+8613800138000");
+        let b = g.intern("email", "a@b.cn");
+        assert_eq!(g.intern("phone", "+8613800138000"), a);
+        assert_eq!(g.find("email", "a@b.cn"), Some(b));
+        assert_eq!(g.find("email", "x@b.cn"), None);
+        assert_eq!((g.kind(b), g.value(b)), ("email", "a@b.cn"));
+        g.add_event(&mut vec![b, a, a], 10);
+        g.add_event(&mut vec![a, b], 5);
+        assert_eq!(g.edges.len(), 1);
+        assert_eq!(g.edges[&edge_key(a, b)].events, 2);
+        assert_eq!((g.first_seen[a as usize], g.last_seen[a as usize]), (5, 10));
+        assert_eq!(edge_ends(edge_key(b, a)), (a, b));
+    }
+
+    #[test]
+    fn wide_events_link_as_a_star() {
+        let mut g = Graph::default();
+        let mut nodes: Vec<u32> = (0..20)
+            .map(|i| g.intern("device", &format!("d{i}")))
+            .collect();
+        g.add_event(&mut nodes, 0);
+        assert_eq!(g.edges.len(), 19);
+    }
+}

@@ -1,0 +1,387 @@
+//! The identity outputs as Delta tables of the workspace, and the small state
+//! file the next run starts from:
+//!
+//! - `identifiers (kind, value, person_id, ordinal, first_seen, last_seen)`: every
+//!   value in a person (quarantined and blocklisted values are not);
+//! - `persons (person_id, ordinal, created_at, merged_into, identifiers, first_seen,
+//!   last_seen)`: live persons (`merged_into` null) and retired ones (`merged_into` the
+//!   survivor, or empty when the person's values all left);
+//! - `identity_history (run, at, kind, person_ids, evidence)`: merges, splits,
+//!   quarantines and refused unions, appended per run;
+//! - `identity_state.json`: the run counter, the quarantined values and the
+//!   refused unions of the last run (so history records only what is new, and
+//!   `explain` can say why two values are apart).
+//!
+//! `identifiers` and `persons` are rewritten per run as one Delta commit each
+//! (time travel gives earlier runs).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, ListBuilder, RecordBatch, StringBuilder,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use deltalake_core::DeltaTable;
+use deltalake_core::protocol::SaveMode;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::assign::{Assignment, Change, PrevPerson, Previous};
+use super::components::{Components, NONE};
+use super::graph::{Graph, key128};
+use crate::event::TZ;
+use crate::store::table_provider;
+use crate::{Error, Result};
+
+/// Directory names of the identity tables inside a workspace.
+pub(crate) const IDENTIFIERS: &str = "identifiers";
+pub(crate) const PERSONS: &str = "persons";
+pub(crate) const HISTORY: &str = "identity_history";
+const STATE: &str = "identity_state.json";
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(TZ.into()))
+}
+
+static IDENTIFIERS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+        Field::new("person_id", DataType::Utf8, false),
+        Field::new("ordinal", DataType::Int64, false),
+        Field::new("first_seen", ts(), false),
+        Field::new("last_seen", ts(), false),
+    ]))
+});
+
+static PERSONS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("person_id", DataType::Utf8, false),
+        Field::new("ordinal", DataType::Int64, false),
+        Field::new("created_at", ts(), false),
+        Field::new("merged_into", DataType::Utf8, true),
+        Field::new("identifiers", DataType::Int64, false),
+        Field::new("first_seen", ts(), true),
+        Field::new("last_seen", ts(), true),
+    ]))
+});
+
+static HISTORY_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("run", DataType::Int64, false),
+        Field::new("at", ts(), false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new(
+            "person_ids",
+            DataType::List(Arc::new(Field::new("element", DataType::Utf8, true))),
+            false,
+        ),
+        Field::new("evidence", DataType::Utf8, false),
+    ]))
+});
+
+/// A quarantined value, as kept in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedValue {
+    /// Identifier kind.
+    pub kind: String,
+    /// Normalised value.
+    pub value: String,
+    /// Distinct persons its links would have joined.
+    pub persons: u32,
+    /// The limit (K) it exceeded.
+    pub limit: u32,
+}
+
+/// A refused union, as kept in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedUnion {
+    /// One end: `kind:value`.
+    pub a: String,
+    /// The other end.
+    pub b: String,
+    /// The capped class that would have overflowed (`member`, `openid:wx1`).
+    pub class: String,
+    /// Values of that class the merged person would have held.
+    pub would_hold: u32,
+    /// The cap.
+    pub cap: u32,
+}
+
+/// What a run leaves for the next one besides the tables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct State {
+    pub run: u64,
+    pub at: i64,
+    pub quarantined: Vec<QuarantinedValue>,
+    pub refused: Vec<RefusedUnion>,
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join(STATE)
+}
+
+pub(crate) fn read_state(dir: &Path) -> Result<State> {
+    let path = state_path(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Internal(format!("`{}` is not valid: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Writes the state file atomically (temp file, fsync, rename).
+pub(crate) fn write_state(dir: &Path, state: &State) -> Result<()> {
+    let path = state_path(dir);
+    let tmp = dir.join(format!("{STATE}.tmp"));
+    let bytes = serde_json::to_vec(state).map_err(|e| Error::Internal(e.to_string()))?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+fn url_of(path: &Path) -> Result<url::Url> {
+    std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+    let abs = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    url::Url::from_directory_path(&abs)
+        .map_err(|_| Error::Internal(format!("`{}` is not an absolute path", abs.display())))
+}
+
+/// Opens the Delta table at `path` if it exists.
+pub(crate) async fn open(path: &Path) -> Result<Option<DeltaTable>> {
+    if !path.join("_delta_log").is_dir() {
+        return Ok(None);
+    }
+    let url = url_of(path)?;
+    Ok(Some(deltalake_core::open_table(url).await?))
+}
+
+async fn write(path: &Path, batches: Vec<RecordBatch>, mode: SaveMode) -> Result<()> {
+    let table = DeltaTable::try_from_url(url_of(path)?).await?;
+    table
+        .write(batches)
+        .with_save_mode(mode)
+        .await
+        .map_err(Error::from)?;
+    Ok(())
+}
+
+const CHUNK: usize = 256 * 1024;
+
+fn micros(values: Vec<i64>) -> TimestampMicrosecondArray {
+    TimestampMicrosecondArray::from(values).with_timezone(TZ)
+}
+
+/// Writes `identifiers` and `persons` (overwrite) and appends the history.
+pub(crate) async fn write_outputs(
+    dir: &Path,
+    g: &Graph,
+    c: &Components,
+    a: &Assignment,
+    history: Vec<Change>,
+    run: u64,
+    now: i64,
+) -> Result<()> {
+    // identifiers, in chunks.
+    let mut batches = Vec::new();
+    let nodes: Vec<u32> = (0..g.len() as u32)
+        .filter(|&n| c.person[n as usize] != NONE)
+        .collect();
+    for chunk in nodes.chunks(CHUNK) {
+        let mut kind = StringBuilder::new();
+        let mut value = StringBuilder::new();
+        let mut pid = StringBuilder::new();
+        let mut ord = Vec::with_capacity(chunk.len());
+        let (mut first, mut last) = (
+            Vec::with_capacity(chunk.len()),
+            Vec::with_capacity(chunk.len()),
+        );
+        for &n in chunk {
+            let p = &a.persons[c.person[n as usize] as usize];
+            kind.append_value(g.kind(n));
+            value.append_value(g.value(n));
+            pid.append_value(&p.person_id);
+            ord.push(i64::from(p.ordinal));
+            first.push(g.first_seen[n as usize]);
+            last.push(g.last_seen[n as usize]);
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(kind.finish()),
+            Arc::new(value.finish()),
+            Arc::new(pid.finish()),
+            Arc::new(Int64Array::from(ord)),
+            Arc::new(micros(first)),
+            Arc::new(micros(last)),
+        ];
+        batches.push(RecordBatch::try_new(IDENTIFIERS_SCHEMA.clone(), cols)?);
+    }
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(IDENTIFIERS_SCHEMA.clone()));
+    }
+    write(&dir.join(IDENTIFIERS), batches, SaveMode::Overwrite).await?;
+
+    // persons: this run's live persons, then the retired ones.
+    let np = a.persons.len();
+    let mut count = vec![0i64; np];
+    let mut first = vec![i64::MAX; np];
+    let mut last = vec![i64::MIN; np];
+    for n in 0..g.len() {
+        let p = c.person[n];
+        if p != NONE {
+            let p = p as usize;
+            count[p] += 1;
+            first[p] = first[p].min(g.first_seen[n]);
+            last[p] = last[p].max(g.last_seen[n]);
+        }
+    }
+    let mut id = StringBuilder::new();
+    let mut ord = Vec::new();
+    let mut created = Vec::new();
+    let mut merged = StringBuilder::new();
+    let mut n_ids = Vec::new();
+    let (mut fs, mut ls) = (Vec::new(), Vec::new());
+    for (i, p) in a.persons.iter().enumerate() {
+        id.append_value(&p.person_id);
+        ord.push(i64::from(p.ordinal));
+        created.push(p.created_at);
+        merged.append_null();
+        n_ids.push(count[i]);
+        fs.push(Some(first[i]));
+        ls.push(Some(last[i]));
+    }
+    for p in a.previous.iter().filter(|p| p.merged_into.is_some()) {
+        id.append_value(&p.person_id);
+        ord.push(i64::from(p.ordinal));
+        created.push(p.created_at);
+        merged.append_option(p.merged_into.as_deref());
+        n_ids.push(0);
+        fs.push(None);
+        ls.push(None);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(Int64Array::from(ord)),
+        Arc::new(micros(created)),
+        Arc::new(merged.finish()),
+        Arc::new(Int64Array::from(n_ids)),
+        Arc::new(TimestampMicrosecondArray::from(fs).with_timezone(TZ)),
+        Arc::new(TimestampMicrosecondArray::from(ls).with_timezone(TZ)),
+    ];
+    let persons = RecordBatch::try_new(PERSONS_SCHEMA.clone(), cols)?;
+    write(&dir.join(PERSONS), vec![persons], SaveMode::Overwrite).await?;
+
+    // history, appended (the table is created by the first run even when empty).
+    let mut kind = StringBuilder::new();
+    let mut ids = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
+        "element",
+        DataType::Utf8,
+        true,
+    )));
+    let mut evidence = StringBuilder::new();
+    for ch in &history {
+        kind.append_value(ch.kind);
+        for id in &ch.person_ids {
+            ids.values().append_value(id);
+        }
+        ids.append(true);
+        evidence.append_value(&ch.evidence);
+    }
+    let n = history.len();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![run as i64; n])),
+        Arc::new(micros(vec![now; n])),
+        Arc::new(kind.finish()),
+        Arc::new(ids.finish()),
+        Arc::new(evidence.finish()),
+    ];
+    let batch = RecordBatch::try_new(HISTORY_SCHEMA.clone(), cols)?;
+    write(&dir.join(HISTORY), vec![batch], SaveMode::Append).await?;
+    Ok(())
+}
+
+/// Streams every row of the Delta table at `path` (nothing when absent).
+async fn scan(path: &Path, columns: &[&str]) -> Result<Vec<RecordBatch>> {
+    let Some(table) = open(path).await? else {
+        return Ok(Vec::new());
+    };
+    let ctx = datafusion::prelude::SessionContext::new();
+    let df = ctx
+        .read_table(table_provider(&table).await?)?
+        .select_columns(columns)?;
+    let mut stream = df.execute_stream().await?;
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        out.push(batch?);
+    }
+    Ok(out)
+}
+
+/// A string column as `&str` getters, whatever its physical type.
+pub(crate) fn strings(array: &ArrayRef) -> Result<Vec<Option<String>>> {
+    let a = arrow::compute::cast(array, &DataType::Utf8)?;
+    let a = a.as_string::<i32>();
+    Ok((0..a.len())
+        .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+        .collect())
+}
+
+fn ints(array: &ArrayRef) -> Result<Vec<i64>> {
+    let a = arrow::compute::cast(array, &DataType::Int64)?;
+    Ok(a.as_primitive::<Int64Type>().values().to_vec())
+}
+
+fn times(array: &ArrayRef) -> Result<Vec<i64>> {
+    let a = arrow::compute::cast(array, &DataType::Int64)?;
+    Ok(a.as_primitive::<Int64Type>().values().to_vec())
+}
+
+/// Loads what the previous run wrote.
+pub(crate) async fn read_previous(dir: &Path) -> Result<Previous> {
+    let mut prev = Previous::default();
+    let mut index: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
+    for batch in scan(
+        &dir.join(PERSONS),
+        &["person_id", "ordinal", "created_at", "merged_into"],
+    )
+    .await?
+    {
+        let ids = strings(batch.column(0))?;
+        let ords = ints(batch.column(1))?;
+        let created = times(batch.column(2))?;
+        let merged = strings(batch.column(3))?;
+        for i in 0..batch.num_rows() {
+            let person_id = ids[i].clone().unwrap_or_default();
+            index.insert(person_id.clone(), prev.persons.len() as u32);
+            prev.persons.push(PrevPerson {
+                person_id,
+                ordinal: ords[i] as u32,
+                created_at: created[i],
+                merged_into: merged[i].clone(),
+            });
+        }
+    }
+    for batch in scan(&dir.join(IDENTIFIERS), &["kind", "value", "person_id"]).await? {
+        let kinds = strings(batch.column(0))?;
+        let values = strings(batch.column(1))?;
+        let ids = strings(batch.column(2))?;
+        for i in 0..batch.num_rows() {
+            let (Some(k), Some(v), Some(id)) = (&kinds[i], &values[i], &ids[i]) else {
+                continue;
+            };
+            let Some(&p) = index.get(id.as_str()) else {
+                return Err(Error::Internal(format!(
+                    "identifiers row {k}:{v} names person `{id}`, which `persons` does not hold"
+                )));
+            };
+            prev.owner.insert(key128(k, v), p);
+        }
+    }
+    Ok(prev)
+}
