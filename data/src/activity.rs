@@ -18,7 +18,10 @@
 //! Truth is what was observed: a person's truth rows are the true identifiers that appear on
 //! at least one of their events (normalised), plus the typo'd values they produced. Junk
 //! values and store phones are never truth. An identifier a person owns but never used is
-//! left out, since no resolver could place it.
+//! left out, since no resolver could place it. Each row also carries its evidence group:
+//! values of one person are in one group when the person's own events link them, directly
+//! or through a chain (store phones and junk never link). Two groups of one person share
+//! no event, so no resolver can join them without outside knowledge.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -67,6 +70,8 @@ pub(crate) fn generate_unit(world: &World, unit_index: u64) -> Unit {
             n: 0,
             used: 0,
             typos: Vec::new(),
+            event_bits: 0,
+            links: std::array::from_fn(|i| i as u8),
             junk: None,
         };
         em.run();
@@ -134,9 +139,72 @@ struct Emitter<'a> {
     used: u16,
     typos: Vec<(IdKind, String)>,
     junk: Option<Junk>,
+    /// Own identifiers on the event being built: the `USED_*` bits, and bit
+    /// `TYPO_BIT0 + i` for the person's `i`-th typo'd value.
+    event_bits: u64,
+    /// Union-find over those bits: values the person's own events link.
+    links: [u8; 64],
 }
 
+/// The first bit of typo'd values in [`Emitter::event_bits`].
+const TYPO_BIT0: u32 = 16;
+
 impl Emitter<'_> {
+    /// Records that the event being built carries own identifier `bit`.
+    fn mark(&mut self, bit: u16) {
+        self.used |= bit;
+        self.event_bits |= u64::from(bit);
+    }
+
+    /// Records a typo'd value on the event being built.
+    fn mark_typo(&mut self, kind: IdKind, value: String) {
+        let i = self.typos.len() as u32;
+        self.typos.push((kind, value));
+        if TYPO_BIT0 + i < 64 {
+            self.event_bits |= 1 << (TYPO_BIT0 + i);
+        }
+    }
+
+    fn root(&mut self, mut x: u8) -> u8 {
+        while self.links[x as usize] != x {
+            x = self.links[x as usize];
+        }
+        x
+    }
+
+    /// Links every own value of the event just built.
+    fn link_event(&mut self) {
+        let bits = std::mem::take(&mut self.event_bits);
+        let first = bits.trailing_zeros();
+        if first >= 64 {
+            return;
+        }
+        let a = self.root(first as u8);
+        let mut rest = bits & (bits - 1);
+        while rest != 0 {
+            let b = self.root(rest.trailing_zeros() as u8);
+            if a != b {
+                let (lo, hi) = (a.min(b), a.max(b));
+                self.links[hi as usize] = lo;
+            }
+            rest &= rest - 1;
+        }
+    }
+
+    /// The evidence group of own-identifier bit `bit`: the smallest bit its events link it to.
+    fn group(&mut self, bit: u32) -> u8 {
+        if bit >= 64 {
+            // Past the tracked typos: a group of its own.
+            return u8::MAX;
+        }
+        let mut r = self.root(bit as u8);
+        // Roots may move as later links land on lower bits; follow to the end.
+        while self.links[r as usize] != r {
+            r = self.links[r as usize];
+        }
+        r
+    }
+
     fn run(&mut self) {
         let mut starts: Vec<(i64, SessionKind)> = (0..self.p.sessions)
             .map(|_| {
@@ -239,6 +307,12 @@ impl Emitter<'_> {
 
     /// Sets the identifiers `ids` on `row`, with value noise.
     fn apply(&mut self, row: &mut Row, ids: &Ids) {
+        self.event_bits = 0;
+        self.apply_ids(row, ids);
+        self.link_event();
+    }
+
+    fn apply_ids(&mut self, row: &mut Row, ids: &Ids) {
         let mut phone = ids.phone;
         if ids.store != 0 {
             row.store = ids.store;
@@ -255,7 +329,7 @@ impl Emitter<'_> {
         if ids.unionid
             && let Some(u) = &self.p.unionid
         {
-            self.used |= USED_UNIONID;
+            self.mark(USED_UNIONID);
             row.unionid = Span::push(&mut self.unit.arena, u);
         }
         if let Some(app) = ids.openid {
@@ -264,7 +338,7 @@ impl Emitter<'_> {
                 App::OfficialAccount => (&self.p.openid_oa, USED_OA),
             };
             if let Some(v) = value {
-                self.used |= bit;
+                self.mark(bit);
                 row.openid = Span::push(&mut self.unit.arena, v);
             }
         }
@@ -274,17 +348,16 @@ impl Emitter<'_> {
         if ids.member
             && let Some(m) = &self.p.member
         {
-            self.used |= USED_MEMBER;
+            self.mark(USED_MEMBER);
             row.member = Span::push(&mut self.unit.arena, m);
         }
     }
 
     fn put_phone(&mut self, src: PhoneSrc, time: i64) -> Span {
-        let arena = &mut self.unit.arena;
         if self.junk == Some(Junk::Phone) {
             self.junk = None;
             let v = noise::JUNK_PHONES[self.rng.random_range(0..noise::JUNK_PHONES.len())];
-            return Span::push(arena, v);
+            return Span::push(&mut self.unit.arena, v);
         }
         let phone = match src {
             PhoneSrc::Store(s) => Phone::store(s),
@@ -296,14 +369,15 @@ impl Emitter<'_> {
                 };
                 if self.rng.random_bool(noise::PHONE_TYPO_RATE) {
                     let typo = noise::phone_typo(self.rng, &phone);
-                    self.typos.push((IdKind::Phone, typo.normalised()));
+                    self.mark_typo(IdKind::Phone, typo.normalised());
                     typo
                 } else {
-                    self.used |= bit;
+                    self.mark(bit);
                     phone
                 }
             }
         };
+        let arena = &mut self.unit.arena;
         let start = arena.len();
         noise::write_phone(arena, &phone, noise::phone_style(self.rng));
         Span::since(arena, start)
@@ -315,17 +389,18 @@ impl Emitter<'_> {
             let v = noise::JUNK_EMAILS[self.rng.random_range(0..noise::JUNK_EMAILS.len())];
             return Span::push(&mut self.unit.arena, v);
         }
-        let Some(email) = &self.p.email else {
+        let p = self.p;
+        let Some(email) = &p.email else {
             return Span::NONE;
         };
-        let arena = &mut self.unit.arena;
         if self.rng.random_bool(noise::EMAIL_TYPO_RATE) {
             let typo = noise::email_typo(self.rng, email);
-            let span = Span::push(arena, &typo);
-            self.typos.push((IdKind::Email, typo));
+            let span = Span::push(&mut self.unit.arena, &typo);
+            self.mark_typo(IdKind::Email, typo);
             return span;
         }
-        self.used |= USED_EMAIL;
+        self.mark(USED_EMAIL);
+        let arena = &mut self.unit.arena;
         if self.rng.random_bool(noise::EMAIL_CASE_RATE) {
             let start = arena.len();
             noise::write_email_noisy(arena, self.rng, email);
@@ -340,17 +415,18 @@ impl Emitter<'_> {
             self.junk = None;
             return Span::push(&mut self.unit.arena, noise::JUNK_DEVICE);
         }
+        let p = self.p;
         let (value, bit) = match d {
-            DeviceRef::Tablet => match &self.p.tablet {
+            DeviceRef::Tablet => match &p.tablet {
                 Some(t) => (t, USED_TABLET),
-                None => (&self.p.devices[0], USED_DEVICE0),
+                None => (&p.devices[0], USED_DEVICE0),
             },
             DeviceRef::Own(i) => {
-                let i = i.min(self.p.devices.len() - 1);
-                (&self.p.devices[i], USED_DEVICE0 << i)
+                let i = i.min(p.devices.len() - 1);
+                (&p.devices[i], USED_DEVICE0 << i)
             }
         };
-        self.used |= bit;
+        self.mark(bit);
         Span::push(&mut self.unit.arena, value)
     }
 
@@ -735,12 +811,17 @@ impl Emitter<'_> {
     fn flush_truth(&mut self) {
         let p = self.p;
         let used = self.used;
-        let mut rows: Vec<(IdKind, String)> = std::mem::take(&mut self.typos);
+        // (kind, value, own-identifier bit)
+        let mut rows: Vec<(IdKind, String, u32)> = std::mem::take(&mut self.typos)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, value))| (kind, value, TYPO_BIT0 + i as u32))
+            .collect();
         let mut add = |bit: u16, kind: IdKind, value: Option<&str>| {
             if used & bit != 0
                 && let Some(v) = value
             {
-                rows.push((kind, v.to_owned()));
+                rows.push((kind, v.to_owned(), bit.trailing_zeros()));
             }
         };
         add(USED_EMAIL, IdKind::Email, p.email.as_deref());
@@ -755,21 +836,27 @@ impl Emitter<'_> {
         if used & USED_PHONE != 0
             && let Some(ph) = p.phone
         {
-            rows.push((IdKind::Phone, ph.normalised()));
+            rows.push((IdKind::Phone, ph.normalised(), USED_PHONE.trailing_zeros()));
         }
         if used & USED_PHONE2 != 0
             && let Some((ph, _)) = p.phone2
         {
-            rows.push((IdKind::Phone, ph.normalised()));
+            rows.push((IdKind::Phone, ph.normalised(), USED_PHONE2.trailing_zeros()));
         }
+        let mut rows: Vec<(IdKind, String, u8)> = rows
+            .into_iter()
+            .map(|(kind, value, bit)| (kind, value, self.group(bit)))
+            .collect();
         rows.sort_unstable();
-        rows.dedup();
-        for (kind, value) in rows {
+        // A value written twice (a typo equal to another value) keeps its first group.
+        rows.dedup_by(|b, a| a.0 == b.0 && a.1 == b.1);
+        for (kind, value, group) in rows {
             let value = Span::push(&mut self.unit.truth_arena, &value);
             self.unit.truth.push(TruthEntry {
                 kind,
                 value,
                 person: p.index,
+                group,
             });
         }
     }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    ArrayRef, Float64Builder, Int64Array, StringBuilder, TimestampMillisecondArray,
+    ArrayRef, Float64Builder, Int32Array, Int64Array, StringBuilder, TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -69,7 +69,9 @@ pub fn file_schema() -> SchemaRef {
         .clone()
 }
 
-/// The schema of `truth.parquet`: `kind`, `value` (normalised), `true_person`.
+/// The schema of `truth.parquet`: `kind`, `value` (normalised), `true_person`, and
+/// `evidence_group`: values of one person with the same group are linked by the
+/// person's own events; different groups share no event.
 pub(crate) fn truth_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
@@ -78,6 +80,7 @@ pub(crate) fn truth_schema() -> SchemaRef {
                 Field::new("kind", DataType::Utf8, false),
                 Field::new("value", DataType::Utf8, false),
                 Field::new("true_person", DataType::Int64, false),
+                Field::new("evidence_group", DataType::Int32, false),
             ]))
         })
         .clone()
@@ -232,10 +235,12 @@ pub(crate) fn truth_batch(unit: &Unit) -> Result<RecordBatch, ArrowError> {
     let mut kinds = StringBuilder::with_capacity(n, n * 6);
     let mut values = StringBuilder::with_capacity(n, unit.truth_arena.len());
     let mut persons = Vec::with_capacity(n);
+    let mut groups = Vec::with_capacity(n);
     for t in &unit.truth {
         kinds.append_value(t.kind.as_str());
         values.append_value(t.value.get(&unit.truth_arena).unwrap_or_default());
         persons.push(t.person as i64);
+        groups.push(i32::from(t.group));
     }
     RecordBatch::try_new(
         truth_schema(),
@@ -243,6 +248,7 @@ pub(crate) fn truth_batch(unit: &Unit) -> Result<RecordBatch, ArrowError> {
             Arc::new(kinds.finish()),
             Arc::new(values.finish()),
             Arc::new(Int64Array::from(persons)),
+            Arc::new(Int32Array::from(groups)),
         ],
     )
 }
@@ -259,6 +265,7 @@ pub(crate) fn truth_rows(unit: &Unit) -> Vec<crate::TruthRow> {
                 .unwrap_or_default()
                 .to_owned(),
             true_person: t.person,
+            evidence_group: u32::from(t.group),
         })
         .collect()
 }

@@ -155,6 +155,8 @@ pub(crate) struct TruthEntry {
     pub(crate) kind: IdKind,
     pub(crate) value: Span,
     pub(crate) person: u64,
+    /// Evidence group within the person (see `activity`).
+    pub(crate) group: u8,
 }
 
 /// Everything generated for one unit of persons.

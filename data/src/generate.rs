@@ -42,6 +42,9 @@ pub struct TruthRow {
     pub value: String,
     /// The person's index, `0..persons`.
     pub true_person: u64,
+    /// Values of one person in the same group are linked by the person's own events
+    /// (directly or through a chain); values in different groups share no event.
+    pub evidence_group: u32,
 }
 
 fn world(cfg: &GenConfig) -> World {

@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod accuracy;
 mod activity;
 mod catalog;
 mod config;
@@ -53,6 +54,7 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
+pub use accuracy::{Accuracy, pairwise, read_truth};
 pub use config::{Format, GenConfig};
 pub use encode::file_schema;
 pub use error::{Error, Result};

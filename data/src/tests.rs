@@ -259,20 +259,8 @@ fn files_round_trip_in_every_format() {
         .unwrap()
         .build()
         .unwrap();
-        let mut read_truth = Vec::new();
-        for b in r {
-            let b = b.unwrap();
-            let kinds = b.column(0).as_string::<i32>();
-            let vals = b.column(1).as_string::<i32>();
-            let persons = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
-            for i in 0..b.num_rows() {
-                read_truth.push(TruthRow {
-                    kind: kinds.value(i).to_owned(),
-                    value: vals.value(i).to_owned(),
-                    true_person: persons.value(i) as u64,
-                });
-            }
-        }
+        drop(r);
+        let read_truth = crate::read_truth(&c.out.join("truth.parquet")).unwrap();
         assert_eq!(read_truth, truth);
         assert_eq!(summary.truth_rows as usize, truth.len());
         let tags = std::fs::read_to_string(c.out.join("tags.toml")).unwrap();

@@ -1,6 +1,7 @@
 //! SQL over a workspace through DataFusion. Owns the session a query runs in
 //! and the `events` view: the Delta snapshot ∪ the memtable, read under one
-//! lock so no acknowledged row is missing or doubled. Read-only: DDL, DML and
+//! lock so no acknowledged row is missing or doubled, and the identity tables
+//! once a resolve has written them. Read-only: DDL, DML and
 //! statements are refused.
 
 use std::sync::Arc;
@@ -45,6 +46,17 @@ async fn register_events(
     Ok(())
 }
 
+/// Registers the identity tables a resolve has written (`identifiers`,
+/// `persons`, `identity_history`).
+async fn register_identity(ctx: &SessionContext, ws: &Workspace) -> Result<()> {
+    for name in crate::identity::TABLES {
+        if let Some(table) = crate::identity::open_table(ws, name).await? {
+            ctx.register_table(name, table_provider(&table).await?)?;
+        }
+    }
+    Ok(())
+}
+
 /// Casts `batch` column by column (by name) to `target`.
 fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
     let columns = target
@@ -81,6 +93,7 @@ async fn sql(ws: &Workspace, query: &str) -> Result<SendableRecordBatchStream> {
     let ctx = context(ws.name());
     let (table, mem) = ws.read_view();
     register_events(&ctx, &table, mem).await?;
+    register_identity(&ctx, ws).await?;
     let opts = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

@@ -453,4 +453,127 @@ mod tests {
         assert!(!same(&g, &c, ("phone", "p1"), ("phone", "p2")));
         assert!(same(&g, &c, ("phone", "p1"), ("cookie", "c")));
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::identity::rules::IdentityRules;
+
+        const KINDS: [&str; 6] = ["member", "unionid", "phone", "openid", "email", "device"];
+
+        /// Events as lists of (kind index, value index); small universes so values repeat.
+        fn events() -> impl Strategy<Value = Vec<Vec<(usize, u8)>>> {
+            prop::collection::vec(
+                prop::collection::vec((0..KINDS.len(), 0u8..12), 1..4),
+                1..60,
+            )
+        }
+
+        fn value(kind: usize, v: u8) -> String {
+            if KINDS[kind] == "openid" {
+                format!("wx{}:{v}", v % 2)
+            } else {
+                format!("v{v}")
+            }
+        }
+
+        fn build(events: &[Vec<(usize, u8)>], order: &[usize]) -> Graph {
+            let mut g = Graph::default();
+            for &i in order {
+                let mut nodes: Vec<u32> = events[i]
+                    .iter()
+                    .map(|&(k, v)| g.intern(KINDS[k], &value(k, v)))
+                    .collect();
+                g.add_event(&mut nodes, i as i64);
+            }
+            g
+        }
+
+        /// The partition as sorted sets of `kind:value`, quarantined values apart.
+        fn partition(g: &Graph, c: &Components) -> (Vec<Vec<String>>, Vec<String>) {
+            let mut persons: Vec<Vec<String>> = vec![Vec::new(); c.persons as usize];
+            let mut out = Vec::new();
+            for n in 0..g.len() as u32 {
+                let name = format!("{}:{}", g.kind(n), g.value(n));
+                match c.person[n as usize] {
+                    NONE => out.push(name),
+                    p => persons[p as usize].push(name),
+                }
+            }
+            for p in &mut persons {
+                p.sort();
+            }
+            persons.sort();
+            out.sort();
+            (persons, out)
+        }
+
+        fn rules(guard: u32) -> CompiledRules {
+            let mut r = IdentityRules::default();
+            r.max_persons_per_value = guard;
+            r.compile().unwrap()
+        }
+
+        proptest! {
+            #[test]
+            fn order_never_changes_the_persons(events in events(), seed in any::<u64>(), guard in 1u32..4) {
+                let order: Vec<usize> = (0..events.len()).collect();
+                let mut shuffled = order.clone();
+                // A deterministic shuffle from the seed.
+                let mut x = seed | 1;
+                for i in (1..shuffled.len()).rev() {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+                let rules = rules(guard);
+                let (g1, g2) = (build(&events, &order), build(&events, &shuffled));
+                let (c1, c2) = (components(&g1, &rules), components(&g2, &rules));
+                prop_assert_eq!(partition(&g1, &c1), partition(&g2, &c2));
+            }
+
+            #[test]
+            fn caps_hold_and_quarantined_values_join_nothing(events in events(), guard in 1u32..4) {
+                let order: Vec<usize> = (0..events.len()).collect();
+                let g = build(&events, &order);
+                let rules = rules(guard);
+                let c = components(&g, &rules);
+                // Caps: per person, per class.
+                let mut held: HashMap<(u32, String), u32> = HashMap::new();
+                for n in 0..g.len() as u32 {
+                    let p = c.person[n as usize];
+                    if p == NONE { continue; }
+                    let (k, app) = cap_class(g.kind(n), g.value(n));
+                    let class = format!("{k}:{app}");
+                    let count = held.entry((p, class)).or_insert(0);
+                    *count += 1;
+                    if let Some(cap) = rules.kind(g.kind(n)).cap {
+                        prop_assert!(*count <= cap);
+                    }
+                }
+                // Every person is connected by edges inside it that touch no
+                // quarantined value: a quarantined value joined nothing.
+                let mut uf = UnionFind::new(g.len());
+                for &key in g.edges.keys() {
+                    let (a, b) = edge_ends(key);
+                    let (pa, pb) = (c.person[a as usize], c.person[b as usize]);
+                    if pa != NONE && pa == pb {
+                        let (ra, rb) = (uf.find(a), uf.find(b));
+                        if ra != rb { uf.link(ra, rb); }
+                    }
+                }
+                let mut root_of: HashMap<u32, u32> = HashMap::new();
+                for n in 0..g.len() as u32 {
+                    let p = c.person[n as usize];
+                    if p == NONE { continue; }
+                    let r = uf.find(n);
+                    prop_assert_eq!(*root_of.entry(p).or_insert(r), r, "person {} is not connected without quarantined values", p);
+                }
+                for q in &c.quarantined {
+                    prop_assert_eq!(c.person[q.node as usize], NONE);
+                    prop_assert!(q.persons > q.limit);
+                }
+            }
+        }
+    }
 }

@@ -15,6 +15,8 @@ mod explain;
 mod graph;
 mod rules;
 mod tables;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,6 +31,17 @@ pub use tables::{QuarantinedValue, RefusedUnion};
 
 use crate::store::Workspace;
 use crate::{Error, Result};
+
+/// The identity tables of a workspace, as SQL names them.
+pub const TABLES: [&str; 3] = [tables::IDENTIFIERS, tables::PERSONS, tables::HISTORY];
+
+/// Opens one of [`TABLES`] if a resolve has written it.
+pub(crate) async fn open_table(
+    ws: &Workspace,
+    name: &str,
+) -> Result<Option<deltalake_core::DeltaTable>> {
+    tables::open(&ws.dir().join(name)).await
+}
 
 /// How to run [`Workspace::resolve`].
 #[derive(Debug, Clone, Default)]
