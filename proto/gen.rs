@@ -5,8 +5,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
-    let protos =
-        ["ingest.proto", "workspace.proto", "query.proto"].map(|p| root.join("quiver/v1").join(p));
+    let protos = [
+        "ingest.proto",
+        "workspace.proto",
+        "query.proto",
+        "identity.proto",
+    ]
+    .map(|p| root.join("quiver/v1").join(p));
     tonic_prost_build::configure()
         .out_dir(root.join("src/gen"))
         .file_descriptor_set_path(root.join("src/gen/quiver_descriptor.bin"))

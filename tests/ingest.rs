@@ -2,7 +2,11 @@
 
 use quiver_tests::{Server, create_workspace, sql, sql_i64};
 
-fn generate_files(dir: &std::path::Path, persons: u64, format: &str) -> Vec<std::path::PathBuf> {
+pub(crate) fn generate_files(
+    dir: &std::path::Path,
+    persons: u64,
+    format: &str,
+) -> Vec<std::path::PathBuf> {
     let out = std::process::Command::new(quiver_tests::quiver_bin())
         .args([
             "gen",

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod crash;
+mod identity;
 mod ingest;
 
 /// Points the support code at the binary cargo built for this test run.

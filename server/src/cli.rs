@@ -59,6 +59,32 @@ pub enum Command {
         /// The query, e.g. "SELECT channel, count(*) FROM events GROUP BY 1".
         query: String,
     },
+    /// Resolve identities (OneID): persons from the identifiers on events.
+    Resolve {
+        /// Compute and report what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Recompute every person from every event.
+        #[arg(long)]
+        full: bool,
+        /// Rules (TOML) to use instead of the workspace's; saved unless --dry-run.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Show a person: by identifier (`phone:13800138000`) or person id.
+    Person {
+        /// `kind:value` or a person id.
+        id: String,
+    },
+    /// Why two identifiers are (or are not) one person.
+    Explain {
+        /// `kind:value`
+        a: String,
+        /// `kind:value`
+        b: String,
+    },
+    /// Print the workspace's OneID rules (TOML).
+    Rules,
     /// Manage workspaces.
     Workspace {
         #[command(subcommand)]
@@ -204,6 +230,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let channel = client::connect(&g.server).await?;
             let batches = client::sql(channel, &ws, &query).await?;
             output::batches(&batches, g.json)
+        }
+        Command::Resolve {
+            dry_run,
+            full,
+            rules,
+        } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let rules_toml = match rules {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read rules file {}", path.display()))?,
+                None => String::new(),
+            };
+            let channel = client::connect(&g.server).await?;
+            let report =
+                client::identity::resolve(channel, &ws, dry_run, full, rules_toml, g.json).await?;
+            output::resolve_report(&report, g.json);
+            Ok(())
+        }
+        Command::Person { id } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            let p = client::identity::person(channel, &ws, &id).await?;
+            output::person(&p, g.json);
+            Ok(())
+        }
+        Command::Explain { a, b } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            let e = client::identity::explain(channel, &ws, &a, &b).await?;
+            output::explanation(&e, g.json);
+            Ok(())
+        }
+        Command::Rules => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            let toml = client::identity::rules(channel, &ws).await?;
+            output::message(toml.trim_end(), false);
+            Ok(())
         }
         Command::Workspace { action } => {
             init_logs("warn", false);

@@ -1531,3 +1531,758 @@ pub mod query_service_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResolveRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub dry_run: bool,
+    /// Recompute every person from every event.
+    #[prost(bool, tag = "3")]
+    pub full: bool,
+    /// Rules (TOML) to use instead of the workspace's; saved unless dry_run. Empty: the workspace's.
+    #[prost(string, tag = "4")]
+    pub rules_toml: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ResolveUpdate {
+    #[prost(oneof = "resolve_update::Update", tags = "1, 2")]
+    pub update: ::core::option::Option<resolve_update::Update>,
+}
+/// Nested message and enum types in `ResolveUpdate`.
+pub mod resolve_update {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Update {
+        #[prost(message, tag = "1")]
+        Progress(super::ResolveProgress),
+        #[prost(message, tag = "2")]
+        Report(super::ResolveReport),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResolveProgress {
+    /// `read`, `components`, `assign`, `write`.
+    #[prost(string, tag = "1")]
+    pub phase: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub done: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct QuarantinedValue {
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
+    /// Distinct persons its links would have joined.
+    #[prost(uint32, tag = "3")]
+    pub persons: u32,
+    /// The limit it exceeded.
+    #[prost(uint32, tag = "4")]
+    pub limit: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefusedUnion {
+    #[prost(string, tag = "1")]
+    pub a: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub b: ::prost::alloc::string::String,
+    /// The capped class that would have overflowed (`member`, `openid:<app>`).
+    #[prost(string, tag = "3")]
+    pub class: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "4")]
+    pub would_hold: u32,
+    #[prost(uint32, tag = "5")]
+    pub cap: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PhaseTime {
+    #[prost(string, tag = "1")]
+    pub phase: ::prost::alloc::string::String,
+    #[prost(double, tag = "2")]
+    pub seconds: f64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ResolveReport {
+    #[prost(uint64, tag = "1")]
+    pub run: u64,
+    #[prost(bool, tag = "2")]
+    pub dry_run: bool,
+    #[prost(uint64, tag = "3")]
+    pub events: u64,
+    #[prost(uint64, tag = "4")]
+    pub identifiers: u64,
+    #[prost(uint64, tag = "5")]
+    pub edges: u64,
+    #[prost(uint64, tag = "6")]
+    pub persons: u64,
+    #[prost(uint64, tag = "7")]
+    pub previous_persons: u64,
+    #[prost(uint64, tag = "8")]
+    pub new_persons: u64,
+    #[prost(uint64, tag = "9")]
+    pub merges: u64,
+    #[prost(uint64, tag = "10")]
+    pub splits: u64,
+    #[prost(uint64, tag = "11")]
+    pub kept: u64,
+    #[prost(message, repeated, tag = "12")]
+    pub quarantined: ::prost::alloc::vec::Vec<QuarantinedValue>,
+    #[prost(uint64, tag = "13")]
+    pub quarantined_count: u64,
+    #[prost(message, repeated, tag = "14")]
+    pub refused: ::prost::alloc::vec::Vec<RefusedUnion>,
+    #[prost(uint64, tag = "15")]
+    pub refused_count: u64,
+    #[prost(uint64, tag = "16")]
+    pub blocked: u64,
+    #[prost(message, repeated, tag = "17")]
+    pub phases: ::prost::alloc::vec::Vec<PhaseTime>,
+    #[prost(double, tag = "18")]
+    pub seconds: f64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetPersonRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(oneof = "get_person_request::Key", tags = "2, 3")]
+    pub key: ::core::option::Option<get_person_request::Key>,
+}
+/// Nested message and enum types in `GetPersonRequest`.
+pub mod get_person_request {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Key {
+        #[prost(message, tag = "2")]
+        Identifier(super::Identifier),
+        #[prost(string, tag = "3")]
+        PersonId(::prost::alloc::string::String),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PersonIdentifier {
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub first_seen_unix_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub last_seen_unix_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SeenEvent {
+    #[prost(string, tag = "1")]
+    pub event_id: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub event_time_unix_ms: i64,
+    #[prost(string, tag = "3")]
+    pub channel: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub event_type: ::prost::alloc::string::String,
+    /// `kind:value`
+    #[prost(string, repeated, tag = "5")]
+    pub identifiers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Person {
+    #[prost(string, tag = "1")]
+    pub person_id: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub ordinal: u32,
+    #[prost(int64, tag = "3")]
+    pub created_at_unix_ms: i64,
+    /// Set when a retired id was asked for and redirected here.
+    #[prost(string, tag = "4")]
+    pub redirected_from: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "5")]
+    pub identifiers: ::prost::alloc::vec::Vec<PersonIdentifier>,
+    #[prost(int64, tag = "6")]
+    pub first_seen_unix_ms: i64,
+    #[prost(int64, tag = "7")]
+    pub last_seen_unix_ms: i64,
+    /// Newest first.
+    #[prost(message, repeated, tag = "8")]
+    pub latest_events: ::prost::alloc::vec::Vec<SeenEvent>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExplainRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub a: ::core::option::Option<Identifier>,
+    #[prost(message, optional, tag = "3")]
+    pub b: ::core::option::Option<Identifier>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Link {
+    /// `kind:value`
+    #[prost(string, tag = "1")]
+    pub from: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub to: ::prost::alloc::string::String,
+    /// Events that carried both.
+    #[prost(uint64, tag = "3")]
+    pub events: u64,
+    /// The earliest of them (at most three).
+    #[prost(message, repeated, tag = "4")]
+    pub evidence: ::prost::alloc::vec::Vec<SeenEvent>,
+    /// Why this link did not merge, when it did not.
+    #[prost(string, tag = "5")]
+    pub blocked: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Explanation {
+    #[prost(bool, tag = "1")]
+    pub same_person: bool,
+    #[prost(string, tag = "2")]
+    pub person_a: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub person_b: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "4")]
+    pub chain: ::prost::alloc::vec::Vec<Link>,
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetRulesRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Rules {
+    #[prost(string, tag = "1")]
+    pub toml: ::prost::alloc::string::String,
+}
+/// Generated client implementations.
+pub mod identity_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// OneID: persons behind identifiers, stable ids, and why.
+    #[derive(Debug, Clone)]
+    pub struct IdentityServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> IdentityServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> IdentityServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            IdentityServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Runs identity resolution over the workspace's events. Streams progress and
+        /// ends with the report. `dry_run` computes and reports without writing.
+        pub async fn resolve(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ResolveRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ResolveUpdate>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.IdentityService/Resolve",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.IdentityService", "Resolve"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// A person by identifier or person id: identifiers, first/last seen, latest events.
+        pub async fn get_person(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetPersonRequest>,
+        ) -> std::result::Result<tonic::Response<super::Person>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.IdentityService/GetPerson",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.IdentityService", "GetPerson"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Why two identifiers are one person (the chain of links and the events
+        /// behind each), or why they are not.
+        pub async fn explain(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExplainRequest>,
+        ) -> std::result::Result<tonic::Response<super::Explanation>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.IdentityService/Explain",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.IdentityService", "Explain"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The workspace's rules as TOML.
+        pub async fn get_rules(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetRulesRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rules>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.IdentityService/GetRules",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.IdentityService", "GetRules"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod identity_service_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with IdentityServiceServer.
+    #[async_trait]
+    pub trait IdentityService: std::marker::Send + std::marker::Sync + 'static {
+        /// Server streaming response type for the Resolve method.
+        type ResolveStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ResolveUpdate, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Runs identity resolution over the workspace's events. Streams progress and
+        /// ends with the report. `dry_run` computes and reports without writing.
+        async fn resolve(
+            &self,
+            request: tonic::Request<super::ResolveRequest>,
+        ) -> std::result::Result<tonic::Response<Self::ResolveStream>, tonic::Status>;
+        /// A person by identifier or person id: identifiers, first/last seen, latest events.
+        async fn get_person(
+            &self,
+            request: tonic::Request<super::GetPersonRequest>,
+        ) -> std::result::Result<tonic::Response<super::Person>, tonic::Status>;
+        /// Why two identifiers are one person (the chain of links and the events
+        /// behind each), or why they are not.
+        async fn explain(
+            &self,
+            request: tonic::Request<super::ExplainRequest>,
+        ) -> std::result::Result<tonic::Response<super::Explanation>, tonic::Status>;
+        /// The workspace's rules as TOML.
+        async fn get_rules(
+            &self,
+            request: tonic::Request<super::GetRulesRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rules>, tonic::Status>;
+    }
+    /// OneID: persons behind identifiers, stable ids, and why.
+    #[derive(Debug)]
+    pub struct IdentityServiceServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> IdentityServiceServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for IdentityServiceServer<T>
+    where
+        T: IdentityService,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/quiver.v1.IdentityService/Resolve" => {
+                    #[allow(non_camel_case_types)]
+                    struct ResolveSvc<T: IdentityService>(pub Arc<T>);
+                    impl<
+                        T: IdentityService,
+                    > tonic::server::ServerStreamingService<super::ResolveRequest>
+                    for ResolveSvc<T> {
+                        type Response = super::ResolveUpdate;
+                        type ResponseStream = T::ResolveStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ResolveRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as IdentityService>::resolve(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ResolveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.IdentityService/GetPerson" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetPersonSvc<T: IdentityService>(pub Arc<T>);
+                    impl<
+                        T: IdentityService,
+                    > tonic::server::UnaryService<super::GetPersonRequest>
+                    for GetPersonSvc<T> {
+                        type Response = super::Person;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetPersonRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as IdentityService>::get_person(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetPersonSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.IdentityService/Explain" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExplainSvc<T: IdentityService>(pub Arc<T>);
+                    impl<
+                        T: IdentityService,
+                    > tonic::server::UnaryService<super::ExplainRequest>
+                    for ExplainSvc<T> {
+                        type Response = super::Explanation;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExplainRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as IdentityService>::explain(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExplainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.IdentityService/GetRules" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetRulesSvc<T: IdentityService>(pub Arc<T>);
+                    impl<
+                        T: IdentityService,
+                    > tonic::server::UnaryService<super::GetRulesRequest>
+                    for GetRulesSvc<T> {
+                        type Response = super::Rules;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetRulesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as IdentityService>::get_rules(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetRulesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for IdentityServiceServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "quiver.v1.IdentityService";
+    impl<T> tonic::server::NamedService for IdentityServiceServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

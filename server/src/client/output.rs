@@ -193,3 +193,179 @@ pub fn gen_summary(s: &quiver_data::GenSummary, json: bool) {
         println!("  {}", f.display());
     }
 }
+
+fn time_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+/// A resolve report as JSON.
+pub fn resolve_report_json(r: &pb::ResolveReport) -> serde_json::Value {
+    serde_json::json!({
+        "run": r.run, "dry_run": r.dry_run, "events": r.events, "identifiers": r.identifiers,
+        "edges": r.edges, "persons": r.persons, "previous_persons": r.previous_persons,
+        "new_persons": r.new_persons, "merges": r.merges, "splits": r.splits, "kept": r.kept,
+        "quarantined_count": r.quarantined_count, "refused_count": r.refused_count,
+        "blocked": r.blocked, "seconds": r.seconds,
+        "quarantined": r.quarantined.iter().map(|q| serde_json::json!({
+            "kind": q.kind, "value": q.value, "persons": q.persons, "limit": q.limit,
+        })).collect::<Vec<_>>(),
+        "refused": r.refused.iter().map(|u| serde_json::json!({
+            "a": u.a, "b": u.b, "class": u.class, "would_hold": u.would_hold, "cap": u.cap,
+        })).collect::<Vec<_>>(),
+        "phases": r.phases.iter().map(|p| serde_json::json!({"phase": p.phase, "seconds": p.seconds})).collect::<Vec<_>>(),
+    })
+}
+
+/// The end of `quiver resolve`.
+pub fn resolve_report(r: &pb::ResolveReport, json: bool) {
+    if json {
+        println!("{}", resolve_report_json(r));
+        return;
+    }
+    let title = if r.dry_run {
+        format!("resolve run {} (dry run: nothing written)", r.run)
+    } else {
+        format!("resolve run {}", r.run)
+    };
+    println!("{title}");
+    let mut t = Table::new();
+    t.set_header(["", "count"]);
+    for (k, v) in [
+        ("events read", r.events),
+        ("identifier values", r.identifiers),
+        ("links (value pairs)", r.edges),
+        ("persons", r.persons),
+        ("persons before", r.previous_persons),
+        ("new persons", r.new_persons),
+        ("merges", r.merges),
+        ("splits", r.splits),
+        ("kept id and ordinal", r.kept),
+        ("quarantined values", r.quarantined_count),
+        ("refused unions", r.refused_count),
+        ("blocklisted occurrences", r.blocked),
+    ] {
+        t.add_row([k.to_string(), v.to_string()]);
+    }
+    println!("{t}");
+    let phases: Vec<String> = r
+        .phases
+        .iter()
+        .map(|p| format!("{} {:.2}s", p.phase, p.seconds))
+        .collect();
+    println!("time {:.2}s ({})", r.seconds, phases.join(", "));
+    if !r.quarantined.is_empty() {
+        let mut t = Table::new();
+        t.set_header(["quarantined value", "persons it would join", "limit"]);
+        for q in &r.quarantined {
+            t.add_row([
+                format!("{}:{}", q.kind, q.value),
+                q.persons.to_string(),
+                q.limit.to_string(),
+            ]);
+        }
+        println!("{t}");
+    }
+    if !r.refused.is_empty() {
+        let mut t = Table::new();
+        t.set_header(["refused union", "", "cap", "would hold"]);
+        for u in &r.refused {
+            t.add_row([
+                u.a.clone(),
+                u.b.clone(),
+                format!("{} ≤ {}", u.class, u.cap),
+                u.would_hold.to_string(),
+            ]);
+        }
+        println!("{t}");
+    }
+}
+
+fn event_json(e: &pb::SeenEvent) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": e.event_id, "event_time_unix_ms": e.event_time_unix_ms,
+        "channel": e.channel, "event_type": e.event_type, "identifiers": e.identifiers,
+    })
+}
+
+/// `quiver person`.
+pub fn person(p: &pb::Person, json: bool) {
+    if json {
+        let v = serde_json::json!({
+            "person_id": p.person_id, "ordinal": p.ordinal,
+            "created_at_unix_ms": p.created_at_unix_ms, "redirected_from": p.redirected_from,
+            "first_seen_unix_ms": p.first_seen_unix_ms, "last_seen_unix_ms": p.last_seen_unix_ms,
+            "identifiers": p.identifiers.iter().map(|i| serde_json::json!({
+                "kind": i.kind, "value": i.value,
+                "first_seen_unix_ms": i.first_seen_unix_ms, "last_seen_unix_ms": i.last_seen_unix_ms,
+            })).collect::<Vec<_>>(),
+            "latest_events": p.latest_events.iter().map(event_json).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return;
+    }
+    println!("person {} (ordinal {})", p.person_id, p.ordinal);
+    if !p.redirected_from.is_empty() {
+        println!("  {} was merged into this person", p.redirected_from);
+    }
+    println!(
+        "  first seen {}, last seen {}",
+        time_ms(p.first_seen_unix_ms),
+        time_ms(p.last_seen_unix_ms)
+    );
+    let mut t = Table::new();
+    t.set_header(["kind", "value", "first seen", "last seen"]);
+    for i in &p.identifiers {
+        t.add_row([
+            i.kind.clone(),
+            i.value.clone(),
+            time_ms(i.first_seen_unix_ms),
+            time_ms(i.last_seen_unix_ms),
+        ]);
+    }
+    println!("{t}");
+    let mut t = Table::new();
+    t.set_header(["latest events", "channel", "type", "event id"]);
+    for e in &p.latest_events {
+        t.add_row([
+            time_ms(e.event_time_unix_ms),
+            e.channel.clone(),
+            e.event_type.clone(),
+            e.event_id.clone(),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// `quiver explain`.
+pub fn explanation(e: &pb::Explanation, json: bool) {
+    if json {
+        let v = serde_json::json!({
+            "same_person": e.same_person, "person_a": e.person_a, "person_b": e.person_b,
+            "reason": e.reason,
+            "chain": e.chain.iter().map(|l| serde_json::json!({
+                "from": l.from, "to": l.to, "events": l.events, "blocked": l.blocked,
+                "evidence": l.evidence.iter().map(event_json).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return;
+    }
+    println!("{}", e.reason);
+    for (i, l) in e.chain.iter().enumerate() {
+        println!("{}. {} — {}  ({} event(s))", i + 1, l.from, l.to, l.events);
+        for ev in &l.evidence {
+            println!(
+                "     {} {} {} {}",
+                time_ms(ev.event_time_unix_ms),
+                ev.channel,
+                ev.event_type,
+                ev.event_id
+            );
+        }
+        if !l.blocked.is_empty() {
+            println!("     ✗ {}", l.blocked);
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod flight;
+pub mod identity;
 pub mod ingest;
 pub mod query;
 pub mod workspace;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use quiver_engine::Engine;
+use quiver_proto::v1::identity_service_server::IdentityServiceServer;
 use quiver_proto::v1::ingest_service_server::IngestServiceServer;
 use quiver_proto::v1::query_service_server::QueryServiceServer;
 use quiver_proto::v1::workspace_service_server::WorkspaceServiceServer;
@@ -40,6 +42,9 @@ pub async fn serve(
     health
         .set_serving::<FlightServiceServer<flight::Flight>>()
         .await;
+    health
+        .set_serving::<IdentityServiceServer<identity::Identity>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -55,6 +60,9 @@ pub async fn serve(
         engine: engine.clone(),
     })
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let identity = IdentityServiceServer::new(identity::Identity {
+        engine: engine.clone(),
+    });
     let flight = FlightServiceServer::new(flight::Flight {
         engine: engine.clone(),
     })
@@ -68,6 +76,7 @@ pub async fn serve(
         .add_service(workspaces)
         .add_service(query)
         .add_service(flight)
+        .add_service(identity)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
