@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use arrow::array::AsArray;
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::workspace_service_client::WorkspaceServiceClient;
 
@@ -129,7 +130,59 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         detail: format!("{} rows, table version {}", flushed.rows, flushed.version),
     });
 
-    // 5. questions
+    // 5. OneID
+    let report = client::identity::resolve(
+        channel.clone(),
+        WORKSPACE,
+        false,
+        false,
+        String::new(),
+        false,
+    )
+    .await?;
+    steps.push(Step {
+        name: "resolve identities (OneID)",
+        seconds: report.seconds,
+        detail: format!(
+            "{} events, {} identifier values → {} persons; {} quarantined values, {} refused unions",
+            report.events, report.identifiers, report.persons, report.quarantined_count, report.refused_count
+        ),
+    });
+    let truth = quiver_data::read_truth(&root.join("generated").join("truth.parquet"))?;
+    let placed = client::sql(
+        channel.clone(),
+        WORKSPACE,
+        "SELECT kind, value, person_id FROM identifiers",
+    )
+    .await?;
+    let mut predicted = Vec::new();
+    for b in &placed {
+        let cols: Vec<_> = (0..3)
+            .map(|i| arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8))
+            .collect::<Result<_, _>>()?;
+        let cols: Vec<&arrow::array::StringArray> =
+            cols.iter().map(|c| c.as_string::<i32>()).collect();
+        for r in 0..b.num_rows() {
+            predicted.push((
+                cols[0].value(r).to_string(),
+                cols[1].value(r).to_string(),
+                cols[2].value(r).to_string(),
+            ));
+        }
+    }
+    let acc = quiver_data::pairwise(&truth, predicted);
+    let accuracy = format!(
+        "persons found {} vs true persons {}\npairwise precision {:.4}, recall {:.4} (over pairs the events link: {:.4})\n{} true pairs, {} linked by some chain of the person's own events",
+        report.persons,
+        generated.persons,
+        acc.precision,
+        acc.recall,
+        acc.linked_recall,
+        acc.true_pairs,
+        acc.linked_pairs
+    );
+
+    // 6. questions
     let questions = [
         (
             "events by channel",
@@ -138,6 +191,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         (
             "events by type",
             "SELECT event_type, count(*) AS events, sum(amount) AS amount FROM events GROUP BY event_type ORDER BY events DESC",
+        ),
+        (
+            "persons by number of identifiers",
+            "SELECT identifiers, count(*) AS persons FROM persons WHERE merged_into IS NULL GROUP BY identifiers ORDER BY identifiers LIMIT 10",
         ),
         (
             "identifiers by kind",
@@ -181,6 +238,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("== {title} ({:.1} ms) ==", secs * 1000.0);
         println!("{table}");
     }
+    println!();
+    println!("== identity accuracy against truth.parquet ==");
+    println!("{accuracy}");
     println!();
     println!("demo finished in {:.1}s", total.elapsed().as_secs_f64());
     Ok(())
