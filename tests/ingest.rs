@@ -259,3 +259,58 @@ async fn health_and_reflection_on_the_same_port() {
     let out = server.cli(&["workspace", "list"]);
     assert!(out.status.success());
 }
+
+/// `GET /metrics` over plain HTTP/1.0.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_what_was_ingested() {
+    crate::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = generate_files(&tmp.path().join("gen"), 50, "ndjson");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let server = Server::start_with_metrics(&tmp.path().join("data"), &metrics, &[]).unwrap();
+    assert!(
+        server
+            .cli(&["workspace", "create", "shop"])
+            .status
+            .success()
+    );
+    let mut args = vec!["--workspace", "shop", "--json", "ingest", "--quiet"];
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    let out = server.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let accepted = summary["accepted"].as_u64().unwrap();
+    assert!(accepted > 0);
+
+    let body = scrape(&metrics);
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    let line = body
+        .lines()
+        .find(|l| {
+            l.starts_with("quiver_events_accepted_total{") && l.contains("workspace=\"shop\"")
+        })
+        .unwrap_or_else(|| panic!("no accepted counter in:\n{body}"));
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value as u64, accepted, "{line}");
+    assert!(body.contains("quiver_wal_fsync_seconds"), "{body}");
+}

@@ -36,8 +36,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server on `data` with extra `serve` flags and environment.
+    /// Starts a server on `data` with extra environment, metrics off.
     pub fn start(data: &Path, env: &[(&str, &str)]) -> anyhow::Result<Server> {
+        Self::start_with_metrics(data, "off", env)
+    }
+
+    /// Starts a server on `data` serving Prometheus metrics on `metrics` (or `off`).
+    pub fn start_with_metrics(
+        data: &Path,
+        metrics: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let log = data.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -49,7 +58,7 @@ impl Server {
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",
-            "off",
+            metrics,
             "--data",
         ])
         .arg(data)
