@@ -194,16 +194,14 @@ pub(crate) fn assign(g: &Graph, c: &Components, prev: &Previous, now: i64) -> As
         .filter(|&p| persons[p as usize].is_none())
         .collect();
     new.sort_unstable_by_key(|&p| oldest[p as usize]);
-    let mut next = prev.next_ordinal();
-    for &p in &new {
-        let id = make_id(oldest[p as usize].1, next, &taken);
+    for (ordinal, &p) in (prev.next_ordinal()..).zip(&new) {
+        let id = make_id(oldest[p as usize].1, ordinal, &taken);
         taken.insert(id.clone());
         persons[p as usize] = Some(Person {
             person_id: id,
-            ordinal: next,
+            ordinal,
             created_at: now,
         });
-        next += 1;
     }
     let persons: Vec<Person> = persons.into_iter().flatten().collect();
     // Splits: a previous person whose values went to more than one component.

@@ -510,9 +510,12 @@ mod tests {
         }
 
         fn rules(guard: u32) -> CompiledRules {
-            let mut r = IdentityRules::default();
-            r.max_persons_per_value = guard;
-            r.compile().unwrap()
+            IdentityRules {
+                max_persons_per_value: guard,
+                ..Default::default()
+            }
+            .compile()
+            .unwrap()
         }
 
         proptest! {
