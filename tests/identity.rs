@@ -141,6 +141,12 @@ async fn resolve_person_explain_and_dry_run_over_grpc() {
     assert_eq!(again["run"], 2);
     assert_eq!(again["kept"].as_u64().unwrap(), persons, "{again}");
     assert_eq!(again["merges"], 0);
+    // Nothing was ingested since run 1: an incremental run with nothing to do.
+    assert_eq!(again["incremental"], true, "{again}");
+    assert_eq!(again["events"], 0);
+    let full = json(&server.cli(&["--workspace", "shop", "--json", "resolve", "--full"]));
+    assert_eq!(full["incremental"], false);
+    assert_eq!(full["kept"].as_u64().unwrap(), persons, "{full}");
     let by_id2 = json(&server.cli(&["--workspace", "shop", "--json", "person", &person_id]));
     assert_eq!(by_id2["ordinal"], p["ordinal"]);
 

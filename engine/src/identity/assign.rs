@@ -105,7 +105,15 @@ fn evidence(g: &Graph, nodes: &[u32]) -> String {
 }
 
 /// Assigns ids to the components of `g`, given what the previous run left.
-pub(crate) fn assign(g: &Graph, c: &Components, prev: &Previous, now: i64) -> Assignment {
+/// `scope`: the previous persons `g` covers (all of them when `None`); only
+/// those can be merged, split or retired.
+pub(crate) fn assign(
+    g: &Graph,
+    c: &Components,
+    prev: &Previous,
+    now: i64,
+    scope: Option<&HashSet<u32>>,
+) -> Assignment {
     let np = c.persons as usize;
     // Oldest member of each component: (first_seen, content hash).
     let mut oldest = vec![(i64::MAX, u64::MAX); np];
@@ -226,6 +234,9 @@ pub(crate) fn assign(g: &Graph, c: &Components, prev: &Previous, now: i64) -> As
     }
     // Live persons no value of which is in any component now: retired, no redirect.
     for (q, person) in previous.iter_mut().enumerate() {
+        if scope.is_some_and(|s| !s.contains(&(q as u32))) {
+            continue;
+        }
         if person.merged_into.is_none()
             && !reached.contains_key(&(q as u32))
             && !heir.contains_key(&(q as u32))
@@ -261,7 +272,7 @@ mod tests {
 
     fn run(g: &Graph, prev: &Previous) -> (Components, Assignment) {
         let c = components(g, &IdentityRules::default().compile().unwrap());
-        let a = assign(g, &c, prev, 7);
+        let a = assign(g, &c, prev, 7, None);
         (c, a)
     }
 
@@ -361,7 +372,7 @@ mod tests {
         // A rule change: cookies no longer merge.
         let rules = IdentityRules::from_toml("[kinds.cookie]\nmerge = false\n").unwrap();
         let c2 = components(&g, &rules.compile().unwrap());
-        let a2 = assign(&g, &c2, &prev, 9);
+        let a2 = assign(&g, &c2, &prev, 9, None);
         assert_eq!(a2.splits, 1);
         assert_eq!(id_of(&g, &c2, &a2, "phone", "p1"), before);
         let (_, ord_m) = id_of(&g, &c2, &a2, "member", "m");

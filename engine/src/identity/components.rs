@@ -56,20 +56,20 @@ pub(crate) struct Components {
 /// No person.
 pub(crate) const NONE: u32 = u32::MAX;
 
-struct UnionFind {
+pub(crate) struct UnionFind {
     parent: Vec<u32>,
     rank: Vec<u8>,
 }
 
 impl UnionFind {
-    fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         UnionFind {
             parent: (0..n as u32).collect(),
             rank: vec![0; n],
         }
     }
 
-    fn find(&mut self, mut x: u32) -> u32 {
+    pub(crate) fn find(&mut self, mut x: u32) -> u32 {
         while self.parent[x as usize] != x {
             let grand = self.parent[self.parent[x as usize] as usize];
             self.parent[x as usize] = grand;
@@ -79,7 +79,7 @@ impl UnionFind {
     }
 
     /// Links roots `a` and `b`; returns the new root.
-    fn link(&mut self, a: u32, b: u32) -> u32 {
+    pub(crate) fn link(&mut self, a: u32, b: u32) -> u32 {
         let (ra, rb) = (self.rank[a as usize], self.rank[b as usize]);
         if ra < rb {
             self.parent[a as usize] = b;

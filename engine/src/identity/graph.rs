@@ -44,6 +44,10 @@ pub(crate) struct Graph {
     pub blocked: u64,
     /// Events read.
     pub events: u64,
+    /// When set, every node on an added event is recorded in `touched`.
+    pub track: bool,
+    /// Nodes on events added while `track` was set (with repeats).
+    pub touched: Vec<u32>,
 }
 
 /// Content hash of `(kind, value)`; the deterministic order key of a node.
@@ -162,11 +166,54 @@ impl Graph {
         n
     }
 
+    /// Adds a node with its first and last seen times (as a snapshot holds it).
+    pub fn push_node(&mut self, kind: &str, value: &str, first_seen: i64, last_seen: i64) -> u32 {
+        let n = self.intern(kind, value);
+        let i = n as usize;
+        self.first_seen[i] = self.first_seen[i].min(first_seen);
+        self.last_seen[i] = self.last_seen[i].max(last_seen);
+        n
+    }
+
+    /// Adds `events` to the link between `a` and `b`.
+    pub fn add_link(&mut self, a: u32, b: u32, events: u32) {
+        self.edges
+            .entry(edge_key(a, b))
+            .or_insert(EdgeStat { events: 0 })
+            .events += events;
+    }
+
+    /// The graph induced by `nodes` (sorted, distinct): node `i` of the result is
+    /// `nodes[i]`, links kept when both ends are in.
+    pub fn subgraph(&self, nodes: &[u32]) -> Graph {
+        let mut sub = Graph::default();
+        let mut index: HashMap<u32, u32> = HashMap::with_capacity(nodes.len());
+        for &n in nodes {
+            let i = sub.push_node(
+                self.kind(n),
+                self.value(n),
+                self.first_seen[n as usize],
+                self.last_seen[n as usize],
+            );
+            index.insert(n, i);
+        }
+        for (&key, stat) in &self.edges {
+            let (a, b) = edge_ends(key);
+            if let (Some(&x), Some(&y)) = (index.get(&a), index.get(&b)) {
+                sub.add_link(x, y, stat.events);
+            }
+        }
+        sub
+    }
+
     /// Records one event carrying `nodes` (deduplicated here) at `time` (µs).
     pub fn add_event(&mut self, nodes: &mut Vec<u32>, time: i64) {
         self.events += 1;
         nodes.sort_unstable();
         nodes.dedup();
+        if self.track {
+            self.touched.extend_from_slice(nodes);
+        }
         for &n in nodes.iter() {
             let n = n as usize;
             self.first_seen[n] = self.first_seen[n].min(time);

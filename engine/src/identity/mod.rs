@@ -14,6 +14,7 @@ mod components;
 mod explain;
 mod graph;
 mod rules;
+mod snapshot;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -48,7 +49,7 @@ pub(crate) async fn open_table(
 pub struct ResolveOptions {
     /// Compute and report, write nothing.
     pub dry_run: bool,
-    /// Recompute every person from every event (the only mode so far; see the README).
+    /// Recompute every person from every event, even when an incremental run could.
     pub full: bool,
     /// Rules to use instead of the workspace's; saved as the workspace's rules
     /// unless `dry_run`.
@@ -71,10 +72,14 @@ pub struct ResolveReport {
     pub run: u64,
     /// Nothing was written.
     pub dry_run: bool,
+    /// Only the events since the last run were read, only what they reach recomputed.
+    pub incremental: bool,
     /// Events read.
     pub events: u64,
     /// Distinct identifier values.
     pub identifiers: u64,
+    /// Values whose person was recomputed (all of them in a full run).
+    pub touched_identifiers: u64,
     /// Distinct pairs of values seen together.
     pub edges: u64,
     /// Persons after the run.
@@ -127,8 +132,16 @@ impl Workspace {
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }
 
-    /// Runs OneID over every event of the workspace. One run at a time per
-    /// workspace; `progress` is called as phases advance.
+    /// Runs OneID. One run at a time per workspace; `progress` is called as
+    /// phases advance.
+    ///
+    /// Everything acknowledged is flushed to Delta first; the run covers the
+    /// `events` table up to that version. An incremental run (the default once
+    /// a run has left a snapshot, with the same rules) reads only the events
+    /// committed since the last run and recomputes only the raw components
+    /// (connected through any link, before rules) they reach; all other
+    /// persons are carried over as they are. Rules act within raw components,
+    /// so the result equals a full run's.
     pub async fn resolve(
         &self,
         opts: ResolveOptions,
@@ -141,43 +154,89 @@ impl Workspace {
             None => self.identity_rules()?,
         };
         let compiled = rules.compile()?;
+        let rules_hash = format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(rules.to_toml().as_bytes())
+        );
         let dir = self.dir().to_path_buf();
         let state = tables::read_state(&dir)?;
         let run = state.run + 1;
         let now = chrono::Utc::now().timestamp_micros();
         let mut phases = Vec::new();
 
-        // Read: every event's identifiers.
+        // Read: the graph of every event up to the Delta version just flushed.
         let t = Instant::now();
-        let mut g = graph::Graph::default();
-        let mut stream = self
-            .sql("SELECT event_time, identifiers FROM events")
-            .await?;
-        let mut next_report = 0u64;
-        while let Some(batch) = stream.next().await {
-            g.add_batch(&batch?, &compiled)?;
-            if g.events >= next_report {
-                progress(Progress {
-                    phase: "read",
-                    done: g.events,
-                });
-                next_report = g.events + 1_000_000;
-            }
+        self.flush().await?;
+        let (table, _) = self.read_view();
+        let version = table.version().unwrap_or(0);
+        let mut base = None;
+        if !opts.full
+            && state.rules_hash == rules_hash
+            && state.run > 0
+            && let Some(from) = state.events_version
+            && let Some(files) = snapshot::added_files(&table, from, version).await?
+            && let Some(g) = snapshot::read(&dir, state.run)?
+        {
+            base = Some((g, files));
         }
+        let incremental = base.is_some();
+        let g = match base {
+            Some((mut g, files)) => {
+                let before = g.events;
+                g.track = true;
+                snapshot::read_files(&table, &files, &mut g, &compiled).await?;
+                g.events -= before;
+                g
+            }
+            None => {
+                let mut g = graph::Graph::default();
+                let ctx = datafusion::prelude::SessionContext::new();
+                let df = ctx
+                    .read_table(crate::store::table_provider(&table).await?)?
+                    .select_columns(&["event_time", "identifiers"])?;
+                let mut stream = df.execute_stream().await?;
+                let mut next_report = 0u64;
+                while let Some(batch) = stream.next().await {
+                    g.add_batch(&batch?, &compiled)?;
+                    if g.events >= next_report {
+                        progress(Progress {
+                            phase: "read",
+                            done: g.events,
+                        });
+                        next_report = g.events + 1_000_000;
+                    }
+                }
+                g
+            }
+        };
         progress(Progress {
             phase: "read",
             done: g.events,
         });
         phases.push(("read", t.elapsed()));
 
+        // Components: of the whole graph, or of the raw components new events reach.
         let t = Instant::now();
-        let c = components::components(&g, &compiled);
+        let scope_nodes: Option<Vec<u32>> = incremental.then(|| reached(&g));
+        let sub;
+        let (work, c) = match &scope_nodes {
+            Some(nodes) => {
+                sub = g.subgraph(nodes);
+                let c = components::components(&sub, &compiled);
+                (&sub, c)
+            }
+            None => {
+                let c = components::components(&g, &compiled);
+                (&g, c)
+            }
+        };
         progress(Progress {
             phase: "components",
             done: u64::from(c.persons),
         });
         phases.push(("components", t.elapsed()));
 
+        // Assign stable ids; carry every person outside the scope over.
         let t = Instant::now();
         let prev = tables::read_previous(&dir).await?;
         let previous_persons = prev
@@ -185,41 +244,120 @@ impl Workspace {
             .iter()
             .filter(|p| p.merged_into.is_none())
             .count() as u64;
-        let a = assign::assign(&g, &c, &prev, now);
+        let scope: Option<hashbrown::HashSet<u32>> = scope_nodes.as_ref().map(|_| {
+            (0..work.len() as u32)
+                .filter_map(|n| {
+                    prev.owner
+                        .get(&graph::key128(work.kind(n), work.value(n)))
+                        .copied()
+                })
+                .collect()
+        });
+        let a = assign::assign(work, &c, &prev, now, scope.as_ref());
+        let mut persons = a.persons.clone();
+        let mut node_person = vec![components::NONE; g.len()];
+        let mut carried = 0u64;
+        match &scope_nodes {
+            Some(nodes) => {
+                let mut index: hashbrown::HashMap<u32, u32> = hashbrown::HashMap::new();
+                for (q, p) in prev.persons.iter().enumerate() {
+                    let q = q as u32;
+                    if p.merged_into.is_none() && scope.as_ref().is_some_and(|s| !s.contains(&q)) {
+                        index.insert(q, persons.len() as u32);
+                        persons.push(assign::Person {
+                            person_id: p.person_id.clone(),
+                            ordinal: p.ordinal,
+                            created_at: p.created_at,
+                        });
+                    }
+                }
+                carried = index.len() as u64;
+                for n in 0..g.len() as u32 {
+                    if let Some(q) = prev.owner.get(&graph::key128(g.kind(n), g.value(n)))
+                        && let Some(&i) = index.get(q)
+                    {
+                        node_person[n as usize] = i;
+                    }
+                }
+                for (i, &n) in nodes.iter().enumerate() {
+                    node_person[n as usize] = c.person[i];
+                }
+            }
+            None => node_person.clone_from(&c.person),
+        }
         drop(prev);
         progress(Progress {
             phase: "assign",
-            done: a.persons.len() as u64,
+            done: persons.len() as u64,
         });
         phases.push(("assign", t.elapsed()));
 
-        let quarantined: Vec<QuarantinedValue> = c
+        // Quarantines and refusals: this run's in scope, the last run's elsewhere.
+        let in_scope: Option<hashbrown::HashSet<String>> = scope_nodes.as_ref().map(|_| {
+            (0..work.len() as u32)
+                .map(|n| format!("{}:{}", work.kind(n), work.value(n)))
+                .collect()
+        });
+        let mut quarantined: Vec<QuarantinedValue> = c
             .quarantined
             .iter()
             .map(|q| QuarantinedValue {
-                kind: g.kind(q.node).to_string(),
-                value: g.value(q.node).to_string(),
+                kind: work.kind(q.node).to_string(),
+                value: work.value(q.node).to_string(),
                 persons: q.persons,
                 limit: q.limit,
             })
             .collect();
-        let refused: Vec<RefusedUnion> = c
+        let mut refused: Vec<RefusedUnion> = c
             .refused
             .iter()
             .map(|r| RefusedUnion {
-                a: format!("{}:{}", g.kind(r.a), g.value(r.a)),
-                b: format!("{}:{}", g.kind(r.b), g.value(r.b)),
+                a: format!("{}:{}", work.kind(r.a), work.value(r.a)),
+                b: format!("{}:{}", work.kind(r.b), work.value(r.b)),
                 class: r.class.clone(),
                 would_hold: r.would_hold,
                 cap: r.cap,
             })
             .collect();
+        if let Some(in_scope) = &in_scope {
+            quarantined.extend(
+                state
+                    .quarantined
+                    .iter()
+                    .filter(|q| !in_scope.contains(&format!("{}:{}", q.kind, q.value)))
+                    .cloned(),
+            );
+            refused.extend(
+                state
+                    .refused
+                    .iter()
+                    .filter(|r| !in_scope.contains(&r.a))
+                    .cloned(),
+            );
+        }
 
         if !opts.dry_run {
             let t = Instant::now();
             let mut history = a.changes.clone();
             history.extend(new_history(&state, &quarantined, &refused));
-            tables::write_outputs(&dir, &g, &c, &a, history, run, now).await?;
+            let retired: Vec<assign::PrevPerson> = a
+                .previous
+                .iter()
+                .filter(|p| p.merged_into.is_some())
+                .cloned()
+                .collect();
+            snapshot::write(&dir, run, &g)?;
+            tables::write_outputs(
+                &dir,
+                &g,
+                &node_person,
+                &persons,
+                &retired,
+                history,
+                run,
+                now,
+            )
+            .await?;
             tables::write_state(
                 &dir,
                 &tables::State {
@@ -227,14 +365,17 @@ impl Workspace {
                     at: now,
                     quarantined: quarantined.clone(),
                     refused: refused.clone(),
+                    events_version: Some(version),
+                    rules_hash,
                 },
             )?;
+            snapshot::prune(&dir, run)?;
             if let Some(rules) = &opts.rules {
                 self.save_rules(rules)?;
             }
             progress(Progress {
                 phase: "write",
-                done: a.persons.len() as u64,
+                done: persons.len() as u64,
             });
             phases.push(("write", t.elapsed()));
         }
@@ -249,15 +390,17 @@ impl Workspace {
         let report = ResolveReport {
             run,
             dry_run: opts.dry_run,
+            incremental,
             events: g.events,
             identifiers: g.len() as u64,
+            touched_identifiers: work.len() as u64,
             edges: g.edges.len() as u64,
-            persons: u64::from(c.persons),
+            persons: persons.len() as u64,
             previous_persons,
             new_persons: a.new_persons,
             merges: a.merges,
             splits: a.splits,
-            kept: a.kept,
+            kept: a.kept + carried,
             quarantined_count: quarantined.len() as u64,
             quarantined: top,
             refused_count: refused.len() as u64,
@@ -266,9 +409,26 @@ impl Workspace {
             phases,
             elapsed: started.elapsed(),
         };
-        tracing::info!(ws = %self.name(), run, dry_run = opts.dry_run, persons = report.persons, merges = report.merges, splits = report.splits, quarantined = report.quarantined_count, refused = report.refused_count, elapsed_ms = report.elapsed.as_millis() as u64, "identity resolved");
+        tracing::info!(ws = %self.name(), run, dry_run = opts.dry_run, incremental, events = report.events, touched = report.touched_identifiers, persons = report.persons, merges = report.merges, splits = report.splits, quarantined = report.quarantined_count, refused = report.refused_count, elapsed_ms = report.elapsed.as_millis() as u64, "identity resolved");
         Ok(report)
     }
+}
+
+/// The nodes of every raw component (connected through any link, before
+/// rules) that holds a node new events touched, sorted.
+fn reached(g: &graph::Graph) -> Vec<u32> {
+    let mut uf = components::UnionFind::new(g.len());
+    for &key in g.edges.keys() {
+        let (a, b) = graph::edge_ends(key);
+        let (ra, rb) = (uf.find(a), uf.find(b));
+        if ra != rb {
+            uf.link(ra, rb);
+        }
+    }
+    let roots: hashbrown::HashSet<u32> = g.touched.iter().map(|&n| uf.find(n)).collect();
+    (0..g.len() as u32)
+        .filter(|&n| roots.contains(&uf.find(n)))
+        .collect()
 }
 
 /// History rows for quarantines and refusals the previous run did not have.

@@ -28,8 +28,8 @@ use deltalake_core::protocol::SaveMode;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::assign::{Assignment, Change, PrevPerson, Previous};
-use super::components::{Components, NONE};
+use super::assign::{Change, Person, PrevPerson, Previous};
+use super::components::NONE;
 use super::graph::{Graph, key128};
 use crate::event::TZ;
 use crate::store::table_provider;
@@ -112,11 +112,16 @@ pub struct RefusedUnion {
 
 /// What a run leaves for the next one besides the tables.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub(crate) struct State {
     pub run: u64,
     pub at: i64,
     pub quarantined: Vec<QuarantinedValue>,
     pub refused: Vec<RefusedUnion>,
+    /// The Delta version of `events` the run covered.
+    pub events_version: Option<u64>,
+    /// Hash of the rules the run used; other rules mean a full run.
+    pub rules_hash: String,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -180,11 +185,16 @@ fn micros(values: Vec<i64>) -> TimestampMicrosecondArray {
 }
 
 /// Writes `identifiers` and `persons` (overwrite) and appends the history.
+///
+/// `node_person[n]` is node `n`'s index into `persons` ([`NONE`]: in no person);
+/// `retired` are the persons no longer live (their `merged_into` set).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn write_outputs(
     dir: &Path,
     g: &Graph,
-    c: &Components,
-    a: &Assignment,
+    node_person: &[u32],
+    persons: &[Person],
+    retired: &[PrevPerson],
     history: Vec<Change>,
     run: u64,
     now: i64,
@@ -192,7 +202,7 @@ pub(crate) async fn write_outputs(
     // identifiers, in chunks.
     let mut batches = Vec::new();
     let nodes: Vec<u32> = (0..g.len() as u32)
-        .filter(|&n| c.person[n as usize] != NONE)
+        .filter(|&n| node_person[n as usize] != NONE)
         .collect();
     for chunk in nodes.chunks(CHUNK) {
         let mut kind = StringBuilder::new();
@@ -204,7 +214,7 @@ pub(crate) async fn write_outputs(
             Vec::with_capacity(chunk.len()),
         );
         for &n in chunk {
-            let p = &a.persons[c.person[n as usize] as usize];
+            let p = &persons[node_person[n as usize] as usize];
             kind.append_value(g.kind(n));
             value.append_value(g.value(n));
             pid.append_value(&p.person_id);
@@ -228,12 +238,11 @@ pub(crate) async fn write_outputs(
     write(&dir.join(IDENTIFIERS), batches, SaveMode::Overwrite).await?;
 
     // persons: this run's live persons, then the retired ones.
-    let np = a.persons.len();
+    let np = persons.len();
     let mut count = vec![0i64; np];
     let mut first = vec![i64::MAX; np];
     let mut last = vec![i64::MIN; np];
-    for n in 0..g.len() {
-        let p = c.person[n];
+    for (n, &p) in node_person.iter().enumerate() {
         if p != NONE {
             let p = p as usize;
             count[p] += 1;
@@ -247,7 +256,7 @@ pub(crate) async fn write_outputs(
     let mut merged = StringBuilder::new();
     let mut n_ids = Vec::new();
     let (mut fs, mut ls) = (Vec::new(), Vec::new());
-    for (i, p) in a.persons.iter().enumerate() {
+    for (i, p) in persons.iter().enumerate() {
         id.append_value(&p.person_id);
         ord.push(i64::from(p.ordinal));
         created.push(p.created_at);
@@ -256,7 +265,7 @@ pub(crate) async fn write_outputs(
         fs.push(Some(first[i]));
         ls.push(Some(last[i]));
     }
-    for p in a.previous.iter().filter(|p| p.merged_into.is_some()) {
+    for p in retired {
         id.append_value(&p.person_id);
         ord.push(i64::from(p.ordinal));
         created.push(p.created_at);

@@ -118,6 +118,41 @@ async fn resolves_generated_persons_accurately_and_keeps_ids() {
     }
     let kept = by_person.values().filter(|&&s| s).count() as f64 / by_person.len() as f64;
     assert!(kept >= 0.999, "kept {kept}: {inc:?}");
+    // That run was incremental: it read only the new events and recomputed
+    // only what they reach.
+    assert!(inc.incremental, "{inc:?}");
+    assert!(inc.events < (total / 50) as u64, "{inc:?}");
+    assert!(inc.touched_identifiers * 10 < inc.identifiers, "{inc:?}");
+
+    // A full run over the same events agrees with it exactly.
+    let full = ws
+        .resolve(
+            ResolveOptions {
+                full: true,
+                ..Default::default()
+            },
+            &quiet,
+        )
+        .await
+        .unwrap();
+    assert!(!full.incremental);
+    assert_eq!(
+        (full.merges, full.splits, full.new_persons),
+        (0, 0, 0),
+        "{full:?}"
+    );
+    assert_eq!(full.persons, inc.persons);
+    assert_eq!(full.quarantined_count, inc.quarantined_count);
+    assert_eq!(full.refused_count, inc.refused_count);
+    assert_eq!(assignment(&ws).await, after);
+
+    // Nothing new: an incremental run reads nothing and changes nothing.
+    let idle = ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+    assert!(
+        idle.incremental && idle.events == 0 && idle.touched_identifiers == 0,
+        "{idle:?}"
+    );
+    assert_eq!(assignment(&ws).await, after);
 
     // Accuracy over all the events.
     let predicted = rows(&ws, "SELECT kind, value, person_id FROM identifiers").await;
@@ -244,5 +279,100 @@ fn raw_event(i: usize) -> crate::RawEvent<'static> {
         event_type: Some("purchase"),
         identifiers: Vec::new(),
         ..Default::default()
+    }
+}
+
+mod incremental {
+    use proptest::prelude::*;
+
+    use super::super::components::{NONE, components};
+    use super::super::graph::Graph;
+    use super::super::reached;
+    use super::super::rules::IdentityRules;
+
+    const KINDS: [&str; 6] = ["member", "unionid", "phone", "openid", "email", "device"];
+
+    fn add(g: &mut Graph, events: &[Vec<(usize, u8)>], offset: usize) {
+        for (i, ev) in events.iter().enumerate() {
+            let mut nodes: Vec<u32> = ev
+                .iter()
+                .map(|&(k, v)| {
+                    let value = if KINDS[k] == "openid" {
+                        format!("wx{}:{v}", v % 2)
+                    } else {
+                        format!("v{v}")
+                    };
+                    g.intern(KINDS[k], &value)
+                })
+                .collect();
+            g.add_event(&mut nodes, (offset + i) as i64);
+        }
+    }
+
+    /// Persons as sorted sets of `kind:value`, with quarantined values apart.
+    fn partition(g: &Graph, person: impl Fn(u32) -> Option<(u8, u32)>) -> Vec<Vec<String>> {
+        let mut by: std::collections::BTreeMap<(u8, u32), Vec<String>> = Default::default();
+        let mut out = vec![];
+        for n in 0..g.len() as u32 {
+            let name = format!("{}:{}", g.kind(n), g.value(n));
+            match person(n) {
+                Some(p) => by.entry(p).or_default().push(name),
+                None => out.push(name),
+            }
+        }
+        let mut parts: Vec<Vec<String>> = by
+            .into_values()
+            .map(|mut v| {
+                v.sort();
+                v
+            })
+            .collect();
+        parts.sort();
+        out.sort();
+        parts.push(out);
+        parts
+    }
+
+    fn events() -> impl Strategy<Value = Vec<Vec<(usize, u8)>>> {
+        prop::collection::vec(
+            prop::collection::vec((0..KINDS.len(), 0u8..16), 1..4),
+            1..50,
+        )
+    }
+
+    proptest! {
+        /// Recomputing only the raw components new events reach, and keeping
+        /// every other person, gives the persons a full run gives.
+        #[test]
+        fn incremental_equals_full(old in events(), new in events(), guard in 1u32..4) {
+            let rules = IdentityRules { max_persons_per_value: guard, ..Default::default() }.compile().unwrap();
+            let mut before = Graph::default();
+            add(&mut before, &old, 0);
+            let c_before = components(&before, &rules);
+
+            let mut all = Graph::default();
+            add(&mut all, &old, 0);
+            all.track = true;
+            add(&mut all, &new, old.len());
+            let c_full = components(&all, &rules);
+
+            let nodes = reached(&all);
+            let sub = all.subgraph(&nodes);
+            let c_sub = components(&sub, &rules);
+            let pos: std::collections::HashMap<u32, usize> = nodes.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+            let inc = partition(&all, |n| match pos.get(&n) {
+                Some(&i) => (c_sub.person[i] != NONE).then_some((1, c_sub.person[i])),
+                None => {
+                    // Untouched, so it was there before, in the same node slot.
+                    let p = c_before.person[n as usize];
+                    (p != NONE).then_some((0, p))
+                }
+            });
+            let full = partition(&all, |n| {
+                let p = c_full.person[n as usize];
+                (p != NONE).then_some((0, p))
+            });
+            prop_assert_eq!(inc, full);
+        }
     }
 }

@@ -1647,6 +1647,12 @@ pub struct ResolveReport {
     pub phases: ::prost::alloc::vec::Vec<PhaseTime>,
     #[prost(double, tag = "18")]
     pub seconds: f64,
+    /// Only events since the last run were read; only what they reach was recomputed.
+    #[prost(bool, tag = "19")]
+    pub incremental: bool,
+    /// Values whose person was recomputed (all of them in a full run).
+    #[prost(uint64, tag = "20")]
+    pub touched_identifiers: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -203,7 +203,8 @@ fn time_ms(ms: i64) -> String {
 /// A resolve report as JSON.
 pub fn resolve_report_json(r: &pb::ResolveReport) -> serde_json::Value {
     serde_json::json!({
-        "run": r.run, "dry_run": r.dry_run, "events": r.events, "identifiers": r.identifiers,
+        "run": r.run, "dry_run": r.dry_run, "incremental": r.incremental,
+        "touched_identifiers": r.touched_identifiers, "events": r.events, "identifiers": r.identifiers,
         "edges": r.edges, "persons": r.persons, "previous_persons": r.previous_persons,
         "new_persons": r.new_persons, "merges": r.merges, "splits": r.splits, "kept": r.kept,
         "quarantined_count": r.quarantined_count, "refused_count": r.refused_count,
@@ -224,10 +225,11 @@ pub fn resolve_report(r: &pb::ResolveReport, json: bool) {
         println!("{}", resolve_report_json(r));
         return;
     }
+    let mode = if r.incremental { "incremental" } else { "full" };
     let title = if r.dry_run {
-        format!("resolve run {} (dry run: nothing written)", r.run)
+        format!("resolve run {} ({mode}, dry run: nothing written)", r.run)
     } else {
-        format!("resolve run {}", r.run)
+        format!("resolve run {} ({mode})", r.run)
     };
     println!("{title}");
     let mut t = Table::new();
@@ -235,6 +237,7 @@ pub fn resolve_report(r: &pb::ResolveReport, json: bool) {
     for (k, v) in [
         ("events read", r.events),
         ("identifier values", r.identifiers),
+        ("values recomputed", r.touched_identifiers),
         ("links (value pairs)", r.edges),
         ("persons", r.persons),
         ("persons before", r.previous_persons),

@@ -72,6 +72,8 @@ fn report(r: ResolveReport) -> pb::ResolveReport {
             })
             .collect(),
         seconds: r.elapsed.as_secs_f64(),
+        incremental: r.incremental,
+        touched_identifiers: r.touched_identifiers,
     }
 }
 
