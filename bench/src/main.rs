@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p quiver-bench -- ingest --persons 1000000
+//! cargo run --release -p quiver-bench -- identity --persons 1000000
 //! ```
 //!
 //! Peers run as Python scripts in `bench/peers/` (DuckDB, chDB from PyPI;
@@ -15,6 +16,7 @@ use mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+mod identity;
 mod ingest;
 mod util;
 
@@ -34,6 +36,8 @@ struct Cli {
 enum Command {
     /// Durable ingest throughput: gRPC stream and Flight DoPut vs DuckDB and chDB loads.
     Ingest(ingest::Args),
+    /// OneID accuracy against truth and job time vs naive CC, DuckDB SQL label propagation, scipy.
+    Identity(identity::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Ingest(args) => rt.block_on(ingest::run(args)),
+        Command::Identity(args) => rt.block_on(identity::run(args)),
     }
 }

@@ -85,6 +85,11 @@ impl Server {
         })
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
     /// Runs a client command against it and returns stdout.
     pub fn cli(&self, bin: &Path, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(bin)
