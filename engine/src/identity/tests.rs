@@ -253,10 +253,38 @@ async fn dry_run_writes_nothing_and_explain_names_the_quarantine() {
     assert_eq!(dry.persons, 6);
     assert_eq!(dry.quarantined_count, 1);
     assert_eq!(dry.quarantined[0].value, "+8613900000001");
-    assert!(!dir.path().join("shop/identifiers").exists());
+    assert!(!ws.dir().join("identifiers").exists());
+    assert!(!ws.dir().join("persons").exists());
     assert!(ws.person(&PersonKey::PersonId("x".into())).await.is_err());
 
+    // A pattern that blocks the store phone: it is never used, nothing is quarantined.
+    let blocking = super::IdentityRules::from_toml(
+        "[kinds.member]\npriority = 100\nmax_per_person = 1\n[kinds.phone]\npriority = 80\npatterns = ['^\\+861390000']\n",
+    )
+    .unwrap();
+    let blocked = ws
+        .resolve(
+            ResolveOptions {
+                dry_run: true,
+                rules: Some(blocking),
+                ..Default::default()
+            },
+            &quiet,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            blocked.blocked,
+            blocked.quarantined_count,
+            blocked.identifiers
+        ),
+        (6, 0, 6),
+        "{blocked:?}"
+    );
+
     ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+    assert!(ws.dir().join("identifiers").exists());
     let ex = ws
         .explain(("member", "m0"), ("member", "m1"))
         .await
