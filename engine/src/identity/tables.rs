@@ -169,7 +169,13 @@ pub(crate) async fn open(path: &Path) -> Result<Option<DeltaTable>> {
 }
 
 async fn write(path: &Path, batches: Vec<RecordBatch>, mode: SaveMode) -> Result<()> {
-    let table = DeltaTable::try_from_url(url_of(path)?).await?;
+    let url = url_of(path)?;
+    // A table not created yet is written into unloaded (the write creates it).
+    let table = if path.join("_delta_log").is_dir() {
+        deltalake_core::open_table(url).await?
+    } else {
+        deltalake_core::DeltaTableBuilder::from_url(url)?.build()?
+    };
     table
         .write(batches)
         .with_save_mode(mode)
