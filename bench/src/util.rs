@@ -13,8 +13,29 @@ pub fn root() -> PathBuf {
 }
 
 /// Builds and returns the release `quiver` binary.
+///
+/// `cargo run` hands this process the bench package's `CARGO_*` variables;
+/// build scripts that watch them (ring's watches `CARGO_MANIFEST_DIR`) would
+/// see a change and rebuild half the tree, so the inner build runs without them.
 pub fn quiver_bin() -> anyhow::Result<PathBuf> {
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let from_cargo_run = key == "OUT_DIR"
+            || key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            );
+        if from_cargo_run {
+            cmd.env_remove(key);
+        }
+    }
+    let st = cmd
         .args(["build", "--release", "-q", "-p", "quiver"])
         .current_dir(root())
         .status()?;
