@@ -19,7 +19,7 @@
 use hashbrown::HashMap;
 
 use super::graph::{Graph, edge_ends};
-use super::rules::{CompiledRules, cap_class};
+use super::rules::{CompiledKind, CompiledRules, cap_class};
 
 /// A value the super-node guard took out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,27 +115,48 @@ fn node_rules(g: &Graph, rules: &CompiledRules) -> NodeRules {
         class_names: Vec::new(),
         caps: Vec::new(),
     };
-    let mut classes: HashMap<(String, String), u16> = HashMap::new();
+    // Rules and cap classes are looked up once per kind (and per app for
+    // openids), never per node: this runs over millions of nodes.
+    let mut by_kind: HashMap<u16, (&CompiledKind, Option<u16>)> = HashMap::new();
+    let mut by_app: HashMap<(u16, &str), u16> = HashMap::new();
+    let new_class = |name: String, cap: u32, out: &mut NodeRules| {
+        out.class_names.push(name);
+        out.caps.push(cap);
+        (out.class_names.len() - 1) as u16
+    };
     for node in 0..n as u32 {
-        let kind = g.kind(node);
-        let rule = rules.kind(kind);
+        let k = g.kind_index(node);
+        let (rule, class) = match by_kind.get(&k) {
+            Some(&v) => v,
+            None => {
+                let kind = g.kind(node);
+                let rule = rules.kind(kind);
+                let class = match rule.cap {
+                    Some(cap) if rule.merge && kind != "openid" => {
+                        Some(new_class(kind.to_string(), cap, &mut out))
+                    }
+                    _ => None,
+                };
+                by_kind.insert(k, (rule, class));
+                (rule, class)
+            }
+        };
         out.priority.push(rule.priority);
         out.merge.push(rule.merge);
         out.guard.push(rule.guard);
-        let class = match rule.cap {
-            Some(cap) if rule.merge => {
-                let (k, app) = cap_class(kind, g.value(node));
-                let key = (k.to_string(), app.to_string());
-                *classes.entry(key).or_insert_with(|| {
-                    let name = if app.is_empty() {
-                        k.to_string()
-                    } else {
-                        format!("{k}:{app}")
-                    };
-                    out.class_names.push(name);
-                    out.caps.push(cap);
-                    (out.class_names.len() - 1) as u16
-                })
+        let class = match (class, rule.cap) {
+            (Some(c), _) => c,
+            (None, Some(cap)) if rule.merge => {
+                // openid: one class per app id.
+                let (kind, app) = cap_class(g.kind(node), g.value(node));
+                match by_app.get(&(k, app)) {
+                    Some(&c) => c,
+                    None => {
+                        let c = new_class(format!("{kind}:{app}"), cap, &mut out);
+                        by_app.insert((k, app), c);
+                        c
+                    }
+                }
             }
             _ => u16::MAX,
         };
@@ -303,7 +324,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
 
     // Dense person indexes, in node order of each person's first node.
     let mut person = vec![NONE; n];
-    let mut dense: HashMap<u32, u32> = HashMap::new();
+    let mut dense: Vec<u32> = vec![NONE; n];
     let mut persons = 0u32;
     for v in 0..n as u32 {
         if quarantined_flag[v as usize] {
@@ -316,11 +337,12 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         } else {
             v
         };
-        let id = *dense.entry(root).or_insert_with(|| {
+        let slot = &mut dense[root as usize];
+        if *slot == NONE {
+            *slot = persons;
             persons += 1;
-            persons - 1
-        });
-        person[v as usize] = id;
+        }
+        person[v as usize] = *slot;
     }
     quarantined.sort_by_key(|q| g.key_hash(q.node));
     Components {

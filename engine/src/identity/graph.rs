@@ -110,6 +110,11 @@ impl Graph {
         self.kind_of.len()
     }
 
+    /// The kind index of node `n` (an index into the graph's kinds, in order of first sight).
+    pub fn kind_index(&self, n: u32) -> u16 {
+        self.kind_of[n as usize]
+    }
+
     /// The kind of node `n`.
     pub fn kind(&self, n: u32) -> &str {
         &self.kinds[self.kind_of[n as usize] as usize]
