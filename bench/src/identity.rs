@@ -52,6 +52,23 @@ fn resolve(
     ))
 }
 
+/// Loads event files into workspace `shop` over Flight `DoPut`.
+fn ingest(server: &Server, bin: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let mut a = vec![
+        "--workspace",
+        "shop",
+        "--json",
+        "ingest",
+        "--quiet",
+        "--transport",
+        "flight",
+    ];
+    a.extend(names.iter().map(String::as_str));
+    server.cli(bin, &a)?;
+    Ok(())
+}
+
 fn accuracy(
     server: &Server,
     bin: &Path,
@@ -152,19 +169,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     {
         let server = Server::start(&bin, &data)?;
         server.cli(&bin, &["workspace", "create", "shop"])?;
-        let names: Vec<String> = first.iter().map(|p| p.display().to_string()).collect();
-        let mut a = vec![
-            "--workspace",
-            "shop",
-            "--json",
-            "ingest",
-            "--quiet",
-            "--transport",
-            "flight",
-        ];
-        a.extend(names.iter().map(String::as_str));
         let t = Instant::now();
-        server.cli(&bin, &a)?;
+        ingest(&server, &bin, first)?;
         server.cli(&bin, &["--workspace", "shop", "workspace", "flush"])?;
         println!(
             "loaded {} files in {:.1}s",
@@ -225,18 +231,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (links, nodes) = export_links(&data.join("workspaces/shop"), &base)?;
 
     // Incremental: the held-back file, then a full run that must agree.
-    let names: Vec<String> = held.iter().map(|p| p.display().to_string()).collect();
-    let mut a = vec![
-        "--workspace",
-        "shop",
-        "--json",
-        "ingest",
-        "--quiet",
-        "--transport",
-        "flight",
-    ];
-    a.extend(names.iter().map(String::as_str));
-    server.cli(&bin, &a)?;
+    ingest(&server, &bin, held)?;
     let (inc, inc_wall) = resolve(&server, &bin, &[])?;
     println!("resolve (incremental): {inc}");
     rows.push(Row {
