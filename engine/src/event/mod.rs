@@ -61,10 +61,13 @@ static EVENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("event_type", DataType::Utf8, false),
         Field::new(
             "identifiers",
+            // Elements are declared nullable although validation never
+            // stores a null one: a non-nullable nested field makes every
+            // Delta write evaluate a per-row `array_compact` check.
             DataType::List(Arc::new(Field::new(
                 "element",
                 DataType::Struct(identifier_fields()),
-                false,
+                true,
             ))),
             false,
         ),

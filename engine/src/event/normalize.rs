@@ -14,7 +14,8 @@
 //! `test@test.com`, ...) drops the identifier from the event with a counted
 //! reason; it is never an error and never merged on.
 
-use std::collections::{BTreeMap, HashSet};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use phonenumber::country;
 use serde::Deserialize;
@@ -67,7 +68,7 @@ impl Default for NormalizeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Normalized {
     /// The canonical `(kind, value)`.
-    Value(String, String),
+    Value(Cow<'static, str>, String),
     /// Dropped, with the counted reason (`blocklisted phone`, `empty email`).
     Dropped(String),
 }
@@ -76,9 +77,52 @@ pub enum Normalized {
 #[derive(Debug, Clone)]
 pub struct Normalizer {
     region: country::Id,
-    any: HashSet<String>,
-    by_kind: BTreeMap<String, HashSet<String>>,
+    any: Blocklist,
+    by_kind: BTreeMap<String, Blocklist>,
 }
+
+/// Blocklisted values, lower-cased, with a bitmap of their byte lengths so
+/// that almost every lookup ends before hashing.
+#[derive(Debug, Clone, Default)]
+struct Blocklist {
+    values: hashbrown::HashSet<String>,
+    /// Bit `n` is set when some value is `n` bytes long (bit 127: ≥ 127).
+    lengths: u128,
+}
+
+impl Blocklist {
+    fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Self {
+        let mut b = Blocklist::default();
+        for v in values {
+            let v = v.trim().to_lowercase();
+            b.lengths |= 1u128 << v.len().min(127);
+            b.values.insert(v);
+        }
+        b
+    }
+
+    /// Whether `v` (any case) is listed.
+    fn contains(&self, v: &str) -> bool {
+        if v.is_ascii() && self.lengths & (1u128 << v.len().min(127)) == 0 {
+            return false;
+        }
+        self.values.contains(lower(v).as_ref())
+    }
+}
+
+/// `s` lower-cased, borrowed when that changes nothing.
+fn lower(s: &str) -> Cow<'_, str> {
+    if !s.is_ascii() {
+        Cow::Owned(s.to_lowercase())
+    } else if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// The identifier kinds Quiver knows, as `'static` names.
+const KNOWN_KINDS: [&str; 6] = ["phone", "email", "unionid", "openid", "device", "member"];
 
 impl Normalizer {
     /// Builds a normaliser; errors name the bad setting.
@@ -89,18 +133,13 @@ impl Normalizer {
                 cfg.default_region
             ))
         })?;
-        let any = cfg
-            .blocklist
-            .iter()
-            .map(|v| v.trim().to_lowercase())
-            .collect();
+        let any = Blocklist::new(&cfg.blocklist);
         let mut by_kind = BTreeMap::new();
         for (kind, values) in &cfg.blocklist_by_kind {
             let kind = canonical_kind(kind).map_err(|reason| {
                 crate::Error::Config(format!("normalize.blocklist_by_kind: {reason}"))
             })?;
-            let set: HashSet<String> = values.iter().map(|v| v.trim().to_lowercase()).collect();
-            by_kind.insert(kind.to_string(), set);
+            by_kind.insert(kind.to_string(), Blocklist::new(values));
         }
         Ok(Normalizer {
             region,
@@ -116,7 +155,7 @@ impl Normalizer {
         if trimmed.is_empty() {
             return Ok(Normalized::Dropped(format!("empty {kind}")));
         }
-        if self.any.contains(&trimmed.to_lowercase()) {
+        if self.any.contains(trimmed) {
             return Ok(Normalized::Dropped(format!("blocklisted {kind}")));
         }
         let value = match kind {
@@ -127,18 +166,26 @@ impl Normalizer {
             _ => token(trimmed, 256)?.to_string(),
         };
         if let Some(set) = self.by_kind.get(kind)
-            && set.contains(&value.to_lowercase())
+            && set.contains(&value)
         {
             return Ok(Normalized::Dropped(format!("blocklisted {kind}")));
         }
-        if kind != "phone" && self.any.contains(&value.to_lowercase()) {
+        if kind != "phone" && self.any.contains(&value) {
             return Ok(Normalized::Dropped(format!("blocklisted {kind}")));
         }
-        Ok(Normalized::Value(kind.to_string(), value))
+        let kind = match KNOWN_KINDS.iter().find(|k| **k == kind) {
+            Some(k) => Cow::Borrowed(*k),
+            None => Cow::Owned(kind.to_string()),
+        };
+        Ok(Normalized::Value(kind, value))
     }
 
     /// A phone number in E.164 (`+8613800138000`).
     pub fn phone(&self, raw: &str) -> Result<String, String> {
+        // The common case, already clean: `+86` + 11 digits, or 11 digits in CN.
+        if let Some(e164) = cn_mobile_fast(raw, self.region == country::Id::CN) {
+            return Ok(e164);
+        }
         let mut s = String::with_capacity(raw.len());
         for ch in raw.chars() {
             let ch = fold_width(ch);
@@ -232,7 +279,7 @@ fn fold_width(ch: char) -> char {
 /// The canonical name of an identifier kind (`mobile` → `phone`).
 pub fn canonical_kind(kind: &str) -> Result<&str, String> {
     let kind = kind.trim();
-    let canonical = match kind.to_ascii_lowercase().as_str() {
+    let canonical = match lower(kind).as_ref() {
         "phone" | "mobile" | "tel" | "phone_number" => "phone",
         "email" | "mail" | "e_mail" => "email",
         "unionid" | "union_id" => "unionid",
@@ -432,6 +479,15 @@ mod tests {
             n.normalize("phone", "139 0000 1234"),
             Ok(Normalized::Dropped("blocklisted phone".into()))
         );
+    }
+
+    #[test]
+    fn blocklist_lengths_and_case() {
+        let long = "x".repeat(130);
+        let b = Blocklist::new(&["ÄBC".to_string(), long.to_uppercase(), "null".into()]);
+        assert!(b.contains("äbc") && b.contains("ÄbC"));
+        assert!(b.contains(&long) && !b.contains(&"x".repeat(131)));
+        assert!(b.contains("NuLL") && !b.contains("nul") && !b.contains("nulls"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! builders only once every field of it has passed, so a bad row never leaves
 //! half a row behind.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -54,15 +55,15 @@ pub(crate) struct BatchValidator<'n> {
     amount: Decimal128Builder,
     properties: MapBuilder<StringBuilder, StringBuilder>,
     event_date: Date32Builder,
-    ids: Vec<(String, String)>,
+    ids: Vec<(Cow<'static, str>, String)>,
 }
 
 /// Everything one row turned into, before it is appended.
 struct Row<'a> {
     event_id: &'a str,
     micros: i64,
-    channel: String,
-    event_type: String,
+    channel: Cow<'a, str>,
+    event_type: Cow<'a, str>,
     cents: Option<i128>,
 }
 
@@ -323,7 +324,7 @@ pub(crate) fn event_key(event_id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
 }
 
-fn name_field(row: u64, field: &str, v: Option<&str>) -> Result<String, RowError> {
+fn name_field<'a>(row: u64, field: &str, v: Option<&'a str>) -> Result<Cow<'a, str>, RowError> {
     let v = v.map(str::trim).unwrap_or("");
     if v.is_empty() {
         return Err(reject(row, field, "", "missing"));
@@ -339,7 +340,11 @@ fn name_field(row: u64, field: &str, v: Option<&str>) -> Result<String, RowError
             "must be at most 64 letters, digits, `_`, `-` or `.`",
         ));
     }
-    Ok(v.to_ascii_lowercase())
+    Ok(if v.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(v.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(v)
+    })
 }
 
 /// Parses an event time: RFC 3339, `YYYY-MM-DD[ T]HH:MM:SS[.f]` (UTC),

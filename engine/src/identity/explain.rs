@@ -116,7 +116,7 @@ const LATEST: usize = 10;
 impl Workspace {
     fn normalize_key(&self, kind: &str, value: &str) -> Result<(String, String)> {
         match self.normalizer().normalize(kind, value) {
-            Ok(Normalized::Value(k, v)) => Ok((k, v)),
+            Ok(Normalized::Value(k, v)) => Ok((k.into_owned(), v)),
             Ok(Normalized::Dropped(why)) => Err(Error::invalid(
                 "identifier",
                 format!("`{kind}:{value}` is never used for identity ({why})"),

@@ -13,6 +13,7 @@ use deltalake_core::kernel::transaction::CommitProperties;
 use deltalake_core::kernel::{StructType, Transaction};
 use deltalake_core::parquet::basic::{Compression, ZstdLevel};
 use deltalake_core::parquet::file::properties::WriterProperties;
+use deltalake_core::parquet::schema::types::ColumnPath;
 use deltalake_core::protocol::SaveMode;
 
 use crate::event::events_schema;
@@ -45,10 +46,35 @@ pub(crate) async fn open_or_create_events(path: &Path) -> Result<DeltaTable> {
     Ok(table)
 }
 
+/// Columns with few distinct values, worth a Parquet dictionary. The others
+/// (event ids, times, identifier values, SKUs, amounts, free-form property
+/// values) are mostly unique: a dictionary there costs a hash lookup per value
+/// on every flush, only to be abandoned when it outgrows its page.
+const DICTIONARY_COLUMNS: [&str; 9] = [
+    "received_at",
+    "channel",
+    "event_type",
+    "identifiers.list.element.kind",
+    "category",
+    "currency",
+    "store_id",
+    "campaign",
+    "properties.key_value.key",
+];
+
 fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(256 * 1024))
+    DICTIONARY_COLUMNS
+        .iter()
+        .fold(
+            WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+                .set_max_row_group_row_count(Some(256 * 1024))
+                .set_dictionary_enabled(false),
+            |b, c| {
+                let path: Vec<String> = c.split('.').map(str::to_string).collect();
+                b.set_column_dictionary_enabled(ColumnPath::new(path), true)
+            },
+        )
         .build()
 }
 

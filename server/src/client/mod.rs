@@ -27,6 +27,8 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
     Endpoint::from_shared(url.clone())
         .with_context(|| format!("`{url}` is not a server URL"))?
         .tcp_nodelay(true)
+        .initial_stream_window_size(crate::service::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::service::CONNECTION_WINDOW_BYTES)
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url}"))

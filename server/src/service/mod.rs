@@ -70,6 +70,11 @@ pub async fn serve(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Ingest streams megabytes per batch: HTTP/2's 64 KiB default
+        // windows would stall each one on window updates.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ingest)
@@ -81,6 +86,13 @@ pub async fn serve(
         .await?;
     Ok(())
 }
+
+/// HTTP/2 flow-control window per stream (server and client alike).
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+/// HTTP/2 flow-control window per connection.
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+/// Largest HTTP/2 frame we accept.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Binds `addr` (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
