@@ -40,6 +40,10 @@ pub struct StoreConfig {
     pub memtable_max_rows: usize,
     /// ... or once its oldest row is this old, in seconds.
     pub flush_interval_secs: u64,
+    /// Write stall: while this many acknowledged rows wait for their Delta
+    /// commit, new batches wait (their acks are delayed, nothing is refused).
+    /// Bounds the memtable's memory when ingest outpaces flushing.
+    pub max_unflushed_rows: usize,
     /// An `event_id` seen again within this many seconds of its first arrival is a duplicate.
     pub dedup_window_secs: u64,
     /// fsync the WAL before acknowledging (turn off only for throwaway benchmarks).
@@ -58,6 +62,7 @@ impl Default for StoreConfig {
             max_batch_rows: 100_000,
             memtable_max_rows: 1_000_000,
             flush_interval_secs: 60,
+            max_unflushed_rows: 3_000_000,
             dedup_window_secs: 24 * 3600,
             fsync: true,
             optimize_interval_secs: 600,

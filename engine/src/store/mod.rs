@@ -14,6 +14,8 @@
 mod dedup;
 mod memtable;
 pub(crate) mod table;
+#[cfg(test)]
+mod tests;
 mod wal;
 mod workspace;
 

@@ -70,6 +70,8 @@ pub struct Workspace {
     dedup: Mutex<Dedup>,
     write_lock: tokio::sync::Mutex<()>,
     flush_wanted: Arc<Notify>,
+    /// Woken after every flush (and on close): stalled writers re-check.
+    flushed: Notify,
     closed: AtomicBool,
     last_optimize: Mutex<Instant>,
     identity_lock: tokio::sync::Mutex<()>,
@@ -82,6 +84,10 @@ impl std::fmt::Debug for Workspace {
             .finish()
     }
 }
+
+/// Longest a batch waits in the write stall before it is refused as
+/// `UNAVAILABLE` (retrying is safe: event ids deduplicate).
+const MAX_STALL: Duration = Duration::from_secs(120);
 
 pub(crate) fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
@@ -158,6 +164,7 @@ impl Workspace {
             dedup: Mutex::new(dedup),
             write_lock: tokio::sync::Mutex::new(()),
             flush_wanted,
+            flushed: Notify::new(),
             closed: AtomicBool::new(false),
             last_optimize: Mutex::new(Instant::now()),
             identity_lock: tokio::sync::Mutex::new(()),
@@ -259,7 +266,11 @@ impl Workspace {
             .map(|(k, _)| *k)
             .collect();
         let accepted = batch.num_rows() as u64;
-        match self.append_wal(batch).await {
+        let appended = match self.wait_for_flush().await {
+            Ok(()) => self.append_wal(batch).await,
+            Err(e) => Err(e),
+        };
+        match appended {
             Ok(()) => {
                 report.accepted = accepted;
                 metrics::counter!("quiver_events_accepted_total", "workspace" => ws)
@@ -270,6 +281,42 @@ impl Workspace {
                 self.dedup.lock().forget(reserved);
                 Err(e)
             }
+        }
+    }
+
+    /// The write stall: waits while `store.max_unflushed_rows` rows await
+    /// their Delta commit, so memory stays bounded when ingest outpaces
+    /// flushing; the wait shows as a slower ack, never as an error.
+    async fn wait_for_flush(&self) -> Result<()> {
+        let mut stalled: Option<Instant> = None;
+        loop {
+            let flushed = self.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Error::Unavailable(format!(
+                    "workspace `{}` is closing",
+                    self.name
+                )));
+            }
+            if self.state.read().unflushed_rows() < self.cfg.max_unflushed_rows.max(1) {
+                if let Some(t) = stalled {
+                    metrics::histogram!("quiver_write_stall_seconds")
+                        .record(t.elapsed().as_secs_f64());
+                }
+                return Ok(());
+            }
+            let since = *stalled.get_or_insert_with(Instant::now);
+            let Some(left) = MAX_STALL.checked_sub(since.elapsed()) else {
+                return Err(Error::Unavailable(format!(
+                    "workspace `{}`: ingest stalled {}s waiting for {} rows to reach Delta (see the server log for flush errors); retry later",
+                    self.name,
+                    MAX_STALL.as_secs(),
+                    self.state.read().unflushed_rows()
+                )));
+            };
+            self.flush_wanted.notify_one();
+            let _ = tokio::time::timeout(left, flushed).await;
         }
     }
 
@@ -330,6 +377,7 @@ impl Workspace {
             st.table = table;
             st.frozen.retain(|f| f.segment > seq);
         }
+        self.flushed.notify_waiters();
         let wal_dir = self.dir.join("wal");
         for (s, path) in wal::list_segments(&wal_dir)? {
             if s <= seq {
@@ -398,6 +446,7 @@ impl Workspace {
         let st = self.state.read();
         !st.frozen.is_empty()
             || st.active_rows >= self.cfg.memtable_max_rows
+            || st.unflushed_rows() >= self.cfg.max_unflushed_rows
             || st
                 .active_since
                 .is_some_and(|t| t.elapsed() >= self.cfg.flush_interval())
@@ -420,6 +469,7 @@ impl Workspace {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.flush_wanted.notify_one();
+        self.flushed.notify_waiters();
         self.wal_tx.lock().take();
         if let Some(t) = self.wal_thread.lock().take() {
             let _ = t.join();
