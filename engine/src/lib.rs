@@ -7,6 +7,7 @@
 //! - [`event`]: the event model, validation, identifier normalisation.
 //! - `store`: per-workspace write-ahead log, memtable, Delta Lake tables.
 //! - [`identity`]: OneID, persons as connected components under rules.
+//! - [`index`]: roaring bitmaps over person ordinals, bit-sliced numbers.
 //! - `query`: SQL over a workspace's tables through DataFusion.
 //!
 //! ```no_run
@@ -23,6 +24,7 @@ mod config;
 mod error;
 pub mod event;
 pub mod identity;
+pub mod index;
 mod query;
 mod store;
 

@@ -1,0 +1,418 @@
+//! Bit-sliced index (O'Neil & Quass, "Improved Query Performance with
+//! Variant Indexes", 1997): one numeric value per person ordinal, kept as one
+//! bitmap per bit of `value - base` plus an existence bitmap. `=`, `<`, `>=`,
+//! ranges and sums are a handful of bitmap operations per bit, never a scan.
+//!
+//! File format (little-endian), version 1:
+//!
+//! ```text
+//! b"QBSI"  u32 version  i64 base  u32 n (bit slices)
+//! n + 1 × { u64 length, portable roaring bitmap }   existence, then bit 0 .. bit n-1
+//! u32 crc32 of every byte before it
+//! ```
+
+use std::io::{Read, Write};
+use std::ops::{Bound, RangeBounds};
+
+use roaring::RoaringBitmap;
+
+use super::Ordinal;
+use crate::{Error, Result};
+
+const MAGIC: &[u8; 4] = b"QBSI";
+const VERSION: u32 = 1;
+/// A corrupt length field must not make a reader allocate gigabytes.
+const MAX_BITMAP_BYTES: u64 = 1 << 34;
+
+/// A comparison of each person's value with a constant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// `value = c`
+    Eq,
+    /// `value != c` (persons with a value only)
+    Ne,
+    /// `value < c`
+    Lt,
+    /// `value <= c`
+    Le,
+    /// `value > c`
+    Gt,
+    /// `value >= c`
+    Ge,
+}
+
+/// A bit-sliced index of `i64` values over person ordinals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Bsi {
+    base: i64,
+    exists: RoaringBitmap,
+    /// `slices[i]`: ordinals whose `value - base` has bit `i` set.
+    slices: Vec<RoaringBitmap>,
+}
+
+impl Bsi {
+    /// Builds the index; when an ordinal appears twice, its last value counts.
+    pub fn from_values(values: impl IntoIterator<Item = (Ordinal, i64)>) -> Self {
+        let mut values: Vec<(u32, i64)> = values.into_iter().map(|(o, v)| (o.0, v)).collect();
+        // stable: the last of equal ordinals ends last, and wins below
+        values.sort_by_key(|(o, _)| *o);
+        values.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                earlier.1 = later.1;
+                true
+            } else {
+                false
+            }
+        });
+        let Some(base) = values.iter().map(|(_, v)| *v).min() else {
+            return Bsi::default();
+        };
+        let max = values
+            .iter()
+            .map(|(_, v)| offset(*v, base))
+            .max()
+            .unwrap_or(0);
+        let bits = (u64::BITS - max.leading_zeros()) as usize;
+        let mut slices = vec![RoaringBitmap::new(); bits];
+        let mut ords = Vec::with_capacity(values.len());
+        for (o, v) in &values {
+            ords.push(*o);
+            let mut x = offset(*v, base);
+            while x != 0 {
+                let bit = x.trailing_zeros() as usize;
+                // ordinals ascend, so this appends at the end of each bitmap
+                if slices[bit].try_push(*o).is_err() {
+                    slices[bit].insert(*o);
+                }
+                x &= x - 1;
+            }
+        }
+        let exists = RoaringBitmap::from_sorted_iter(ords).unwrap_or_default();
+        Bsi {
+            base,
+            exists,
+            slices,
+        }
+    }
+
+    /// Persons with a value.
+    pub fn exists(&self) -> &RoaringBitmap {
+        &self.exists
+    }
+
+    /// Number of persons with a value.
+    pub fn len(&self) -> u64 {
+        self.exists.len()
+    }
+
+    /// Whether no person has a value.
+    pub fn is_empty(&self) -> bool {
+        self.exists.is_empty()
+    }
+
+    /// The value of one person, if it has one.
+    pub fn get(&self, o: Ordinal) -> Option<i64> {
+        if !self.exists.contains(o.0) {
+            return None;
+        }
+        let x = self
+            .slices
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.contains(o.0))
+            .fold(0u64, |acc, (bit, _)| acc | (1 << bit));
+        Some(self.base.wrapping_add(x as i64))
+    }
+
+    /// Persons whose value compares to `c` as `op` says.
+    pub fn compare(&self, op: Compare, c: i64) -> RoaringBitmap {
+        let (lt, eq, gt) = self.split(c);
+        match op {
+            Compare::Eq => eq,
+            Compare::Ne => lt | gt,
+            Compare::Lt => lt,
+            Compare::Le => lt | eq,
+            Compare::Gt => gt,
+            Compare::Ge => gt | eq,
+        }
+    }
+
+    /// Persons whose value lies in `range`.
+    pub fn range(&self, range: impl RangeBounds<i64>) -> RoaringBitmap {
+        let low = match range.start_bound() {
+            Bound::Included(v) => self.compare(Compare::Ge, *v),
+            Bound::Excluded(v) => self.compare(Compare::Gt, *v),
+            Bound::Unbounded => self.exists.clone(),
+        };
+        match range.end_bound() {
+            Bound::Included(v) => low & self.compare(Compare::Le, *v),
+            Bound::Excluded(v) => low & self.compare(Compare::Lt, *v),
+            Bound::Unbounded => low,
+        }
+    }
+
+    /// The sum of the values of the persons in `within` (those with a value).
+    pub fn sum(&self, within: &RoaringBitmap) -> i128 {
+        let n = self.exists.intersection_len(within) as i128;
+        let bits: i128 = self
+            .slices
+            .iter()
+            .enumerate()
+            .map(|(bit, s)| (s.intersection_len(within) as i128) << bit)
+            .sum();
+        bits + n * self.base as i128
+    }
+
+    /// `(value < c, value = c, value > c)`, each among the persons with a value.
+    fn split(&self, c: i64) -> (RoaringBitmap, RoaringBitmap, RoaringBitmap) {
+        let empty = RoaringBitmap::new;
+        if c < self.base {
+            return (empty(), empty(), self.exists.clone());
+        }
+        let c = offset(c, self.base);
+        if self.slices.len() < 64 && c >> self.slices.len() != 0 {
+            return (self.exists.clone(), empty(), empty());
+        }
+        let (mut lt, mut eq, mut gt) = (empty(), self.exists.clone(), empty());
+        for (bit, slice) in self.slices.iter().enumerate().rev() {
+            if (c >> bit) & 1 == 1 {
+                lt |= &eq - slice;
+                eq &= slice;
+            } else {
+                gt |= &eq & slice;
+                eq -= slice;
+            }
+        }
+        (lt, eq, gt)
+    }
+
+    /// Writes the index in the format described in the module docs.
+    pub fn write_to(&self, w: impl Write) -> std::io::Result<()> {
+        let mut w = Crc32Writer::new(w);
+        w.write_all(MAGIC)?;
+        w.write_all(&VERSION.to_le_bytes())?;
+        w.write_all(&self.base.to_le_bytes())?;
+        w.write_all(&(self.slices.len() as u32).to_le_bytes())?;
+        for b in std::iter::once(&self.exists).chain(&self.slices) {
+            w.write_all(&(b.serialized_size() as u64).to_le_bytes())?;
+            b.serialize_into(&mut w)?;
+        }
+        let crc = w.crc.clone().finalize();
+        w.inner.write_all(&crc.to_le_bytes())
+    }
+
+    /// Reads an index written by [`Bsi::write_to`]; `what` names it in errors.
+    pub fn read_from(r: impl Read, what: &str) -> Result<Self> {
+        let corrupt = |why: String| Error::Internal(format!("bit-sliced index `{what}`: {why}"));
+        let mut r = Crc32Reader::new(r);
+        let io = |e: std::io::Error| corrupt(format!("truncated or unreadable ({e})"));
+        let mut head = [0u8; 20];
+        r.read_exact(&mut head).map_err(io)?;
+        if &head[..4] != MAGIC {
+            return Err(corrupt("not a QBSI file".into()));
+        }
+        let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if version != VERSION {
+            return Err(corrupt(format!(
+                "format version {version}; this build reads {VERSION}"
+            )));
+        }
+        let mut base = [0u8; 8];
+        base.copy_from_slice(&head[8..16]);
+        let base = i64::from_le_bytes(base);
+        let n = u32::from_le_bytes([head[16], head[17], head[18], head[19]]) as usize;
+        if n > 64 {
+            return Err(corrupt(format!("{n} bit slices (at most 64)")));
+        }
+        let mut bitmaps = Vec::with_capacity(n + 1);
+        for i in 0..=n {
+            let mut len = [0u8; 8];
+            r.read_exact(&mut len).map_err(io)?;
+            let len = u64::from_le_bytes(len);
+            if len > MAX_BITMAP_BYTES {
+                return Err(corrupt(format!("bitmap {i} claims {len} bytes")));
+            }
+            let mut bytes = vec![0u8; len as usize];
+            r.read_exact(&mut bytes).map_err(io)?;
+            let b = RoaringBitmap::deserialize_from(&bytes[..])
+                .map_err(|e| corrupt(format!("bitmap {i}: {e}")))?;
+            bitmaps.push(b);
+        }
+        let expected = r.crc.clone().finalize();
+        let mut crc = [0u8; 4];
+        r.inner.read_exact(&mut crc).map_err(io)?;
+        if u32::from_le_bytes(crc) != expected {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let mut bitmaps = bitmaps.into_iter();
+        let exists = bitmaps.next().unwrap_or_default();
+        Ok(Bsi {
+            base,
+            exists,
+            slices: bitmaps.collect(),
+        })
+    }
+}
+
+/// `v - base` as an unsigned offset (`v >= base`).
+fn offset(v: i64, base: i64) -> u64 {
+    (v as i128 - base as i128) as u64
+}
+
+struct Crc32Writer<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Crc32Writer<W> {
+    fn new(inner: W) -> Self {
+        Crc32Writer {
+            inner,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+}
+
+impl<W: Write> Write for Crc32Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct Crc32Reader<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> Crc32Reader<R> {
+    fn new(inner: R) -> Self {
+        Crc32Reader {
+            inner,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for Crc32Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive(values: &[(u32, i64)], keep: impl Fn(i64) -> bool) -> RoaringBitmap {
+        let mut last = std::collections::BTreeMap::new();
+        for (o, v) in values {
+            last.insert(*o, *v);
+        }
+        last.into_iter()
+            .filter(|(_, v)| keep(*v))
+            .map(|(o, _)| o)
+            .collect()
+    }
+
+    fn build(values: &[(u32, i64)]) -> Bsi {
+        Bsi::from_values(values.iter().map(|(o, v)| (Ordinal(*o), *v)))
+    }
+
+    #[test]
+    fn small_example() {
+        let b = build(&[(1, 10), (2, 25), (3, 10), (7, 0), (9, -4), (2, 30)]);
+        assert_eq!(b.len(), 5);
+        assert_eq!(b.get(Ordinal(2)), Some(30), "the last value wins");
+        assert_eq!(b.get(Ordinal(9)), Some(-4));
+        assert_eq!(b.get(Ordinal(4)), None);
+        let set = |v: &[u32]| v.iter().copied().collect::<RoaringBitmap>();
+        assert_eq!(b.compare(Compare::Eq, 10), set(&[1, 3]));
+        assert_eq!(b.compare(Compare::Ne, 10), set(&[2, 7, 9]));
+        assert_eq!(b.compare(Compare::Lt, 10), set(&[7, 9]));
+        assert_eq!(b.compare(Compare::Ge, 10), set(&[1, 2, 3]));
+        assert_eq!(b.range(0..=10), set(&[1, 3, 7]));
+        assert_eq!(b.range(..), set(&[1, 2, 3, 7, 9]));
+        assert_eq!(b.compare(Compare::Gt, 1000), RoaringBitmap::new());
+        assert_eq!(b.compare(Compare::Lt, -1000), RoaringBitmap::new());
+        assert_eq!(b.sum(&set(&[1, 2, 9, 100])), 10 + 30 - 4);
+    }
+
+    #[test]
+    fn empty_and_constant() {
+        let e = build(&[]);
+        assert!(e.is_empty());
+        assert!(e.compare(Compare::Ge, 0).is_empty());
+        let c = build(&[(5, 42), (6, 42)]);
+        assert_eq!(c.compare(Compare::Eq, 42).len(), 2);
+        assert_eq!(c.compare(Compare::Gt, 41).len(), 2);
+        assert!(c.compare(Compare::Gt, 42).is_empty());
+    }
+
+    #[test]
+    fn extremes_do_not_overflow() {
+        let b = build(&[(0, i64::MIN), (1, i64::MAX), (2, 0)]);
+        assert_eq!(b.get(Ordinal(0)), Some(i64::MIN));
+        assert_eq!(b.get(Ordinal(1)), Some(i64::MAX));
+        assert_eq!(b.compare(Compare::Gt, 0).len(), 1);
+        assert_eq!(b.compare(Compare::Le, i64::MIN).len(), 1);
+        assert_eq!(b.compare(Compare::Ge, i64::MIN).len(), 3);
+    }
+
+    #[test]
+    fn corrupt_files_are_errors() {
+        let b = build(&[(1, 5), (70_000, 9)]);
+        let mut bytes = Vec::new();
+        b.write_to(&mut bytes).unwrap();
+        let last = bytes.len() - 5;
+        bytes[last] ^= 0xff;
+        let err = Bsi::read_from(&bytes[..], "t").unwrap_err().to_string();
+        assert!(err.contains("`t`"), "{err}");
+        assert!(Bsi::read_from(&bytes[..10], "t").is_err());
+        assert!(Bsi::read_from(&b"QBSX"[..], "t").is_err());
+    }
+
+    fn values() -> impl Strategy<Value = Vec<(u32, i64)>> {
+        let value = prop_oneof![-50i64..50, 0i64..1_000_000, any::<i64>()];
+        prop::collection::vec((0u32..300_000, value), 0..300)
+    }
+
+    proptest! {
+        #[test]
+        fn compare_equals_a_filter(vals in values(), c in prop_oneof![-60i64..60, any::<i64>()]) {
+            let b = build(&vals);
+            prop_assert_eq!(b.compare(Compare::Eq, c), naive(&vals, |v| v == c));
+            prop_assert_eq!(b.compare(Compare::Ne, c), naive(&vals, |v| v != c));
+            prop_assert_eq!(b.compare(Compare::Lt, c), naive(&vals, |v| v < c));
+            prop_assert_eq!(b.compare(Compare::Le, c), naive(&vals, |v| v <= c));
+            prop_assert_eq!(b.compare(Compare::Gt, c), naive(&vals, |v| v > c));
+            prop_assert_eq!(b.compare(Compare::Ge, c), naive(&vals, |v| v >= c));
+        }
+
+        #[test]
+        fn range_and_sum_equal_a_filter(vals in values(), lo in -60i64..60, width in 0i64..2_000_000) {
+            let b = build(&vals);
+            let hi = lo.saturating_add(width);
+            let r = b.range(lo..hi);
+            prop_assert_eq!(&r, &naive(&vals, |v| lo <= v && v < hi));
+            let expected: i128 = r.iter().filter_map(|o| b.get(Ordinal(o))).map(i128::from).sum();
+            prop_assert_eq!(b.sum(&r), expected);
+        }
+
+        #[test]
+        fn file_round_trip(vals in values()) {
+            let b = build(&vals);
+            let mut bytes = Vec::new();
+            b.write_to(&mut bytes).unwrap();
+            prop_assert_eq!(Bsi::read_from(&bytes[..], "t").unwrap(), b);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Bitmap indexes over person ordinals: the structures tags and segments are
+//! answered from, and their file formats.
+//!
+//! - [`Bsi`]: a bit-sliced index of one numeric trait (`total_spend`,
+//!   `order_count`): equality and range queries as bitmap operations, no scan.
+//!
+//! Every bitmap is a [`RoaringBitmap`] whose bits are person ordinals (the
+//! dense `u32` each person keeps for life, see `identity`). On disk each
+//! bitmap is in the **portable roaring format**, the one CRoaring, Java and Go
+//! read, so a file can be opened by any roaring library once its small
+//! framing (documented per type) is skipped.
+//!
+//! Not here: which persons a rule selects (`tag`), or the segment language.
+
+mod bsi;
+
+pub use bsi::{Bsi, Compare};
+pub use roaring::RoaringBitmap;
+
+/// A person's dense bit position in every bitmap. Never reused; a retired
+/// person's bits move to its survivor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ordinal(pub u32);
