@@ -3,6 +3,7 @@
 //!
 //! - [`Bsi`]: a bit-sliced index of one numeric trait (`total_spend`,
 //!   `order_count`): equality and range queries as bitmap operations, no scan.
+//! - [`IndexDir`]: versioned index files, written atomically, old versions pruned.
 //!
 //! Every bitmap is a [`RoaringBitmap`] whose bits are person ordinals (the
 //! dense `u32` each person keeps for life, see `identity`). On disk each
@@ -13,8 +14,10 @@
 //! Not here: which persons a rule selects (`tag`), or the segment language.
 
 mod bsi;
+mod files;
 
 pub use bsi::{Bsi, Compare};
+pub use files::{IndexDir, IndexKind};
 pub use roaring::RoaringBitmap;
 
 /// A person's dense bit position in every bitmap. Never reused; a retired
