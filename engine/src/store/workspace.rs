@@ -244,6 +244,9 @@ impl Workspace {
         if out.batch.num_rows() == 0 {
             return Ok(report);
         }
+        // Stall before dedup reserves the ids: a retry of this batch on
+        // another stream must not be called a duplicate while it waits.
+        self.wait_for_flush().await?;
         let fresh = self.dedup.lock().admit(&out.keys, received);
         let duplicates = fresh.iter().filter(|f| !**f).count();
         let batch = if duplicates == 0 {
@@ -266,11 +269,7 @@ impl Workspace {
             .map(|(k, _)| *k)
             .collect();
         let accepted = batch.num_rows() as u64;
-        let appended = match self.wait_for_flush().await {
-            Ok(()) => self.append_wal(batch).await,
-            Err(e) => Err(e),
-        };
-        match appended {
+        match self.append_wal(batch).await {
             Ok(()) => {
                 report.accepted = accepted;
                 metrics::counter!("quiver_events_accepted_total", "workspace" => ws)
