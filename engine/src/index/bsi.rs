@@ -95,6 +95,47 @@ impl Bsi {
         }
     }
 
+    /// The per-person sum of two indexes, a person missing from one counting
+    /// as 0 there (how per-day behaviour counts add up over a window). A
+    /// ripple-carry adder over the bit slices: a few bitmap operations per
+    /// bit, no per-person work. `None` when a value is negative or a sum
+    /// exceeds `i64::MAX` (counts are neither).
+    pub fn add(&self, other: &Bsi) -> Option<Bsi> {
+        let a = self.unsigned_slices()?;
+        let b = other.unsigned_slices()?;
+        let slices = add_slices(&a, &b)?;
+        if slices.len() >= 64 {
+            return None;
+        }
+        Some(Bsi {
+            base: 0,
+            exists: &self.exists | &other.exists,
+            slices,
+        })
+    }
+
+    /// The slices of `value` itself (base folded in); `None` if a value is negative.
+    fn unsigned_slices(&self) -> Option<Vec<RoaringBitmap>> {
+        if self.base < 0 && !self.exists.is_empty() {
+            return None;
+        }
+        let c = self.base.max(0) as u64;
+        if c == 0 {
+            return Some(self.slices.clone());
+        }
+        // + base on every member: add the constant whose set bits are `exists`
+        let constant: Vec<RoaringBitmap> = (0..(u64::BITS - c.leading_zeros()))
+            .map(|bit| {
+                if (c >> bit) & 1 == 1 {
+                    self.exists.clone()
+                } else {
+                    RoaringBitmap::new()
+                }
+            })
+            .collect();
+        add_slices(&self.slices, &constant)
+    }
+
     /// Persons with a value.
     pub fn exists(&self) -> &RoaringBitmap {
         &self.exists
@@ -254,6 +295,32 @@ impl Bsi {
     }
 }
 
+/// Bitwise ripple-carry addition of two unsigned bit-sliced numbers; `None`
+/// on a carry out of bit 63.
+fn add_slices(a: &[RoaringBitmap], b: &[RoaringBitmap]) -> Option<Vec<RoaringBitmap>> {
+    let empty = RoaringBitmap::new();
+    let n = a.len().max(b.len());
+    let mut out = Vec::with_capacity(n + 1);
+    let mut carry = RoaringBitmap::new();
+    for i in 0..n {
+        let x = a.get(i).unwrap_or(&empty);
+        let y = b.get(i).unwrap_or(&empty);
+        let half = x ^ y;
+        out.push(&half ^ &carry);
+        carry = (x & y) | (&carry & &half);
+    }
+    if !carry.is_empty() {
+        if n >= 64 {
+            return None;
+        }
+        out.push(carry);
+    }
+    while out.last().is_some_and(RoaringBitmap::is_empty) {
+        out.pop();
+    }
+    Some(out)
+}
+
 /// `v - base` as an unsigned offset (`v >= base`).
 fn offset(v: i64, base: i64) -> u64 {
     (v as i128 - base as i128) as u64
@@ -368,6 +435,16 @@ mod tests {
     }
 
     #[test]
+    fn add_refuses_negative_values_and_overflow() {
+        let neg = build(&[(1, -1)]);
+        assert!(neg.add(&build(&[(1, 5)])).is_none());
+        let half = build(&[(1, i64::MAX / 2), (2, 0)]);
+        let sum = half.add(&half).unwrap();
+        assert_eq!(sum.get(Ordinal(1)), Some(i64::MAX - 1));
+        assert!(sum.add(&half).is_none(), "past i64::MAX");
+    }
+
+    #[test]
     fn corrupt_files_are_errors() {
         let b = build(&[(1, 5), (70_000, 9)]);
         let mut bytes = Vec::new();
@@ -405,6 +482,30 @@ mod tests {
             prop_assert_eq!(&r, &naive(&vals, |v| lo <= v && v < hi));
             let expected: i128 = r.iter().filter_map(|o| b.get(Ordinal(o))).map(i128::from).sum();
             prop_assert_eq!(b.sum(&r), expected);
+        }
+
+        #[test]
+        fn add_equals_per_person_sums(
+            a in prop::collection::vec((0u32..5_000, 0i64..1_000), 0..200),
+            b in prop::collection::vec((0u32..5_000, prop_oneof![0i64..5, 0i64..(1 << 40)]), 0..200),
+        ) {
+            let (x, y) = (build(&a), build(&b));
+            let sum = x.add(&y).unwrap();
+            let mut expected = std::collections::BTreeMap::<u32, i64>::new();
+            for bsi in [&x, &y] {
+                for o in bsi.exists() {
+                    *expected.entry(o).or_default() += bsi.get(Ordinal(o)).unwrap();
+                }
+            }
+            prop_assert_eq!(sum.len(), expected.len() as u64);
+            for (o, v) in &expected {
+                prop_assert_eq!(sum.get(Ordinal(*o)), Some(*v));
+            }
+            let at_least = 3;
+            prop_assert_eq!(
+                sum.compare(Compare::Ge, at_least),
+                expected.iter().filter(|(_, v)| **v >= at_least).map(|(o, _)| *o).collect::<RoaringBitmap>()
+            );
         }
 
         #[test]
