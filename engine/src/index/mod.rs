@@ -3,6 +3,8 @@
 //!
 //! - [`Bsi`]: a bit-sliced index of one numeric trait (`total_spend`,
 //!   `order_count`): equality and range queries as bitmap operations, no scan.
+//! - [`DailyCounts`]: per-day behaviour counts with block sums, so "did X at
+//!   least n times in a window" is exact without an event scan.
 //! - [`IndexDir`]: versioned index files, written atomically, old versions pruned.
 //!
 //! Every bitmap is a [`RoaringBitmap`] whose bits are person ordinals (the
@@ -13,9 +15,11 @@
 //!
 //! Not here: which persons a rule selects (`tag`), or the segment language.
 
+mod behaviour;
 mod bsi;
 mod files;
 
+pub use behaviour::DailyCounts;
 pub use bsi::{Bsi, Compare};
 pub use files::{IndexDir, IndexKind};
 pub use roaring::RoaringBitmap;
