@@ -55,6 +55,7 @@ mod sink;
 mod tests;
 
 pub use accuracy::{Accuracy, pairwise, read_truth};
+pub use catalog::TAGS_TOML as SEED_TAGS_TOML;
 pub use config::{Format, GenConfig};
 pub use encode::file_schema;
 pub use error::{Error, Result};

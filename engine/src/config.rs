@@ -18,6 +18,8 @@ pub struct EngineConfig {
     pub store: StoreConfig,
     /// Identifier normalisation and junk values.
     pub normalize: NormalizeConfig,
+    /// Tag refreshes and index versions.
+    pub tags: TagsConfig,
 }
 
 impl Default for EngineConfig {
@@ -26,6 +28,7 @@ impl Default for EngineConfig {
             data_dir: PathBuf::from("./quiver-data"),
             store: StoreConfig::default(),
             normalize: NormalizeConfig::default(),
+            tags: TagsConfig::default(),
         }
     }
 }
@@ -75,5 +78,27 @@ impl Default for StoreConfig {
 impl StoreConfig {
     pub(crate) fn flush_interval(&self) -> Duration {
         Duration::from_secs(self.flush_interval_secs.max(1))
+    }
+}
+
+/// Tag refreshes: when they run and how many index versions are kept.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TagsConfig {
+    /// Index versions kept per workspace (the newest; at least 1).
+    pub keep_versions: usize,
+    /// Refresh a workspace's tags after every (non-dry) resolve.
+    pub refresh_after_resolve: bool,
+    /// Refresh every workspace with tag definitions every this many seconds (0 = never).
+    pub refresh_interval_secs: u64,
+}
+
+impl Default for TagsConfig {
+    fn default() -> Self {
+        TagsConfig {
+            keep_versions: 5,
+            refresh_after_resolve: true,
+            refresh_interval_secs: 0,
+        }
     }
 }

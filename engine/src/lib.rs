@@ -25,10 +25,13 @@ mod error;
 pub mod event;
 pub mod identity;
 pub mod index;
+pub mod profile;
 mod query;
+pub mod segment;
 mod store;
+pub mod tag;
 
-pub use config::{EngineConfig, StoreConfig};
+pub use config::{EngineConfig, StoreConfig, TagsConfig};
 pub use error::{Error, Result};
 pub use event::{IngestReport, RawEvent, RowError};
 pub use store::{Engine, FlushReport, OptimizeReport, Workspace, WorkspaceInfo};

@@ -46,10 +46,13 @@ async fn register_events(
     Ok(())
 }
 
-/// Registers the identity tables a resolve has written (`identifiers`,
-/// `persons`, `identity_history`).
+/// Registers the tables a resolve and a tag refresh have written
+/// (`identifiers`, `persons`, `identity_history`, `profiles`, `attribute_history`).
 async fn register_identity(ctx: &SessionContext, ws: &Workspace) -> Result<()> {
-    for name in crate::identity::TABLES {
+    for name in crate::identity::TABLES
+        .into_iter()
+        .chain(crate::profile::TABLES)
+    {
         if let Some(table) = crate::identity::open_table(ws, name).await? {
             ctx.register_table(name, table_provider(&table).await?)?;
         }

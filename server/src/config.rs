@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use quiver_engine::event::NormalizeConfig;
-use quiver_engine::{EngineConfig, StoreConfig};
+use quiver_engine::{EngineConfig, StoreConfig, TagsConfig};
 use serde::Deserialize;
 
 /// Environment variables that are CLI conveniences, not config keys.
@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// Identifier normalisation.
     pub normalize: NormalizeConfig,
+    /// Tag refreshes and index versions.
+    pub tags: TagsConfig,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +49,7 @@ impl Default for ServerConfig {
             log_format: "text".into(),
             store: StoreConfig::default(),
             normalize: NormalizeConfig::default(),
+            tags: TagsConfig::default(),
         }
     }
 }
@@ -110,6 +113,7 @@ impl ServerConfig {
             data_dir: self.data_dir.clone(),
             store: self.store.clone(),
             normalize: self.normalize.clone(),
+            tags: self.tags.clone(),
         }
     }
 }

@@ -12,10 +12,10 @@
 mod assign;
 mod components;
 mod explain;
-mod graph;
-mod rules;
+pub(crate) mod graph;
+pub(crate) mod rules;
 mod snapshot;
-mod tables;
+pub(crate) mod tables;
 #[cfg(test)]
 mod tests;
 

@@ -41,7 +41,7 @@ pub(crate) const PERSONS: &str = "persons";
 pub(crate) const HISTORY: &str = "identity_history";
 const STATE: &str = "identity_state.json";
 
-fn ts() -> DataType {
+pub(crate) fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(TZ.into()))
 }
 
@@ -152,7 +152,7 @@ pub(crate) fn write_state(dir: &Path, state: &State) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
 }
 
-fn url_of(path: &Path) -> Result<url::Url> {
+pub(crate) fn url_of(path: &Path) -> Result<url::Url> {
     std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
     let abs = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
     url::Url::from_directory_path(&abs)
@@ -168,7 +168,7 @@ pub(crate) async fn open(path: &Path) -> Result<Option<DeltaTable>> {
     Ok(Some(deltalake_core::open_table(url).await?))
 }
 
-async fn write(path: &Path, batches: Vec<RecordBatch>, mode: SaveMode) -> Result<()> {
+pub(crate) async fn write(path: &Path, batches: Vec<RecordBatch>, mode: SaveMode) -> Result<()> {
     let url = url_of(path)?;
     // A table not created yet is written into unloaded (the write creates it).
     let table = if path.join("_delta_log").is_dir() {
@@ -322,7 +322,7 @@ pub(crate) async fn write_outputs(
 }
 
 /// Streams every row of the Delta table at `path` (nothing when absent).
-async fn scan(path: &Path, columns: &[&str]) -> Result<Vec<RecordBatch>> {
+pub(crate) async fn scan(path: &Path, columns: &[&str]) -> Result<Vec<RecordBatch>> {
     let Some(table) = open(path).await? else {
         return Ok(Vec::new());
     };
@@ -347,12 +347,12 @@ pub(crate) fn strings(array: &ArrayRef) -> Result<Vec<Option<String>>> {
         .collect())
 }
 
-fn ints(array: &ArrayRef) -> Result<Vec<i64>> {
+pub(crate) fn ints(array: &ArrayRef) -> Result<Vec<i64>> {
     let a = arrow::compute::cast(array, &DataType::Int64)?;
     Ok(a.as_primitive::<Int64Type>().values().to_vec())
 }
 
-fn times(array: &ArrayRef) -> Result<Vec<i64>> {
+pub(crate) fn times(array: &ArrayRef) -> Result<Vec<i64>> {
     let a = arrow::compute::cast(array, &DataType::Int64)?;
     Ok(a.as_primitive::<Int64Type>().values().to_vec())
 }

@@ -9,12 +9,50 @@
 //! Days are UTC day numbers (days since 1970-01-01), as `event_date` stores them.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
 use std::ops::RangeInclusive;
 
 use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
 
 use super::{Bsi, Compare, Ordinal};
 use crate::{Error, Result};
+
+/// A behaviour counted per person and day: an event type, optionally narrowed
+/// by property equalities (sorted by property).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BehaviourKey {
+    /// The event type.
+    pub event_type: String,
+    /// `(property, value)`, sorted.
+    pub filters: Vec<(String, String)>,
+}
+
+impl BehaviourKey {
+    /// A key; `filters` are sorted here.
+    pub fn new(event_type: &str, mut filters: Vec<(String, String)>) -> Self {
+        filters.sort();
+        BehaviourKey {
+            event_type: event_type.to_string(),
+            filters,
+        }
+    }
+}
+
+impl fmt::Display for BehaviourKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.event_type)?;
+        for (i, (p, v)) in self.filters.iter().enumerate() {
+            let sep = if i == 0 { " WHERE " } else { " AND " };
+            write!(f, "{sep}{p} = '{}'", v.replace('\'', "''"))?;
+        }
+        Ok(())
+    }
+}
+
+const QBDC_MAGIC: &[u8; 4] = b"QBDC";
+const QBDC_VERSION: u32 = 1;
 
 /// Per-day, per-person counts of one behaviour, with block sums.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -92,6 +130,69 @@ impl DailyCounts {
         Ok(self.counts(days)?.compare(Compare::Ge, n))
     }
 
+    /// Writes the counts as a `QBDC` file: magic `QBDC`, `u32` format version
+    /// (1), `i32` first day, `u32` number of levels, then per level a `u32`
+    /// count and that many `QBSI` indexes ([`Bsi::write_to`], each with its
+    /// own CRC-32); all integers little-endian. Level 0 holds one index per
+    /// day, level `k` the sums over aligned blocks of `2^k` days.
+    pub fn write_to(&self, mut w: impl Write) -> std::io::Result<()> {
+        w.write_all(QBDC_MAGIC)?;
+        w.write_all(&QBDC_VERSION.to_le_bytes())?;
+        w.write_all(&self.first_day.to_le_bytes())?;
+        w.write_all(&(self.levels.len() as u32).to_le_bytes())?;
+        for level in &self.levels {
+            w.write_all(&(level.len() as u32).to_le_bytes())?;
+            for b in level {
+                b.write_to(&mut w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads counts written by [`DailyCounts::write_to`]; `what` names it in errors.
+    pub fn read_from(mut r: impl Read, what: &str) -> Result<Self> {
+        let corrupt = |why: String| Error::Internal(format!("behaviour index `{what}`: {why}"));
+        let mut head = [0u8; 16];
+        r.read_exact(&mut head)
+            .map_err(|e| corrupt(format!("truncated or unreadable ({e})")))?;
+        if &head[..4] != QBDC_MAGIC {
+            return Err(corrupt("not a QBDC file".into()));
+        }
+        let word = |i: usize| [head[i], head[i + 1], head[i + 2], head[i + 3]];
+        let version = u32::from_le_bytes(word(4));
+        if version != QBDC_VERSION {
+            return Err(corrupt(format!(
+                "format version {version}; this build reads {QBDC_VERSION}"
+            )));
+        }
+        let first_day = i32::from_le_bytes(word(8));
+        let n_levels = u32::from_le_bytes(word(12)) as usize;
+        if n_levels > 40 {
+            return Err(corrupt(format!("{n_levels} levels (at most 40)")));
+        }
+        let mut levels: Vec<Vec<Bsi>> = Vec::with_capacity(n_levels);
+        for k in 0..n_levels {
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len)
+                .map_err(|e| corrupt(format!("level {k}: truncated ({e})")))?;
+            let len = u32::from_le_bytes(len) as usize;
+            let expected = match levels.last() {
+                Some(below) => below.len().div_ceil(2),
+                None => len,
+            };
+            if len != expected || len > 1 << 24 {
+                return Err(corrupt(format!(
+                    "level {k} holds {len} blocks, expected {expected}"
+                )));
+            }
+            let level = (0..len)
+                .map(|j| Bsi::read_from(&mut r, &format!("{what} level {k} block {j}")))
+                .collect::<Result<Vec<Bsi>>>()?;
+            levels.push(level);
+        }
+        Ok(DailyCounts { first_day, levels })
+    }
+
     /// The blocks `(level, index)` that exactly tile the slots of `days`.
     fn cover(&self, days: RangeInclusive<i32>) -> impl Iterator<Item = (usize, usize)> + '_ {
         let len = self.levels.first().map_or(0, Vec::len) as i64;
@@ -118,6 +219,33 @@ impl DailyCounts {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn qbdc_round_trip_and_corruption() {
+        let events: Vec<(i32, Ordinal)> = (0..500u32)
+            .map(|i| (20_000 + (i % 37) as i32, Ordinal(i % 53)))
+            .collect();
+        let d = DailyCounts::from_events(events).unwrap();
+        let mut buf = Vec::new();
+        d.write_to(&mut buf).unwrap();
+        let back = DailyCounts::read_from(&buf[..], "t").unwrap();
+        assert_eq!(back, d);
+        assert_eq!(
+            back.at_least(20_000..=20_036, 9).unwrap(),
+            d.at_least(20_000..=20_036, 9).unwrap()
+        );
+        let mut bad = buf.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x40;
+        assert!(DailyCounts::read_from(&bad[..], "t").is_err());
+        assert!(DailyCounts::read_from(&buf[..buf.len() - 3], "t").is_err());
+        let mut empty = Vec::new();
+        DailyCounts::default().write_to(&mut empty).unwrap();
+        assert_eq!(
+            DailyCounts::read_from(&empty[..], "t").unwrap(),
+            DailyCounts::default()
+        );
+    }
 
     fn naive(events: &[(i32, u32)], days: RangeInclusive<i32>, n: u64) -> RoaringBitmap {
         let mut counts: HashMap<u32, u64> = HashMap::new();

@@ -23,6 +23,8 @@ pub enum IndexKind {
     Bitmap,
     /// A bit-sliced index.
     Bsi,
+    /// Per-day behaviour counts (`QBDC`).
+    Behaviour,
 }
 
 impl IndexKind {
@@ -30,6 +32,7 @@ impl IndexKind {
         match self {
             IndexKind::Bitmap => "roaring",
             IndexKind::Bsi => "bsi",
+            IndexKind::Behaviour => "days",
         }
     }
 }
@@ -142,8 +145,14 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Writes `bytes` to `path` atomically (see [`IndexDir`]): readers see the old
+/// file or the new one, never a part.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |w| w.write_all(bytes))
+}
+
 /// Writes `path` through a temporary file: fsync, rename, fsync the directory.
-fn write_atomic(
+pub(crate) fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> Result<()> {

@@ -6,6 +6,7 @@
 //! - [`DailyCounts`]: per-day behaviour counts with block sums, so "did X at
 //!   least n times in a window" is exact without an event scan.
 //! - [`IndexDir`]: versioned index files, written atomically, old versions pruned.
+//! - [`IndexSet`]: every index of one version, with its manifest.
 //!
 //! Every bitmap is a [`RoaringBitmap`] whose bits are person ordinals (the
 //! dense `u32` each person keeps for life, see `identity`). On disk each
@@ -18,11 +19,13 @@
 mod behaviour;
 mod bsi;
 mod files;
+mod set;
 
-pub use behaviour::DailyCounts;
+pub use behaviour::{BehaviourKey, DailyCounts};
 pub use bsi::{Bsi, Compare};
-pub use files::{IndexDir, IndexKind};
+pub use files::{IndexDir, IndexKind, write_file_atomic};
 pub use roaring::RoaringBitmap;
+pub use set::{Entry, IndexSet, Manifest, NumericIndex};
 
 /// A person's dense bit position in every bitmap. Never reused; a retired
 /// person's bits move to its survivor.

@@ -27,6 +27,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use table::provider as table_provider;
+pub(crate) use workspace::now_micros;
 pub use workspace::{FlushReport, OptimizeReport, Workspace, WorkspaceInfo};
 
 use crate::event::Normalizer;
@@ -118,6 +119,7 @@ impl Engine {
                 meta.created_at,
                 engine.cfg.store.clone(),
                 engine.norm.clone(),
+                engine.cfg.tags.clone(),
             )
             .await?;
             engine.workspaces.write().insert(meta.name, ws);
@@ -149,6 +151,7 @@ impl Engine {
             created_at,
             self.cfg.store.clone(),
             self.norm.clone(),
+            self.cfg.tags.clone(),
         )
         .await?;
         let meta = serde_json::to_vec_pretty(&WorkspaceMeta {

@@ -75,6 +75,7 @@ pub struct Workspace {
     closed: AtomicBool,
     last_optimize: Mutex<Instant>,
     identity_lock: tokio::sync::Mutex<()>,
+    tags: crate::tag::TagState,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -102,6 +103,7 @@ impl Workspace {
         created_at: i64,
         cfg: StoreConfig,
         norm: Arc<Normalizer>,
+        tags_cfg: crate::TagsConfig,
     ) -> Result<Arc<Self>> {
         let started = Instant::now();
         let events = table::open_or_create_events(&dir.join("events")).await?;
@@ -168,6 +170,7 @@ impl Workspace {
             closed: AtomicBool::new(false),
             last_optimize: Mutex::new(Instant::now()),
             identity_lock: tokio::sync::Mutex::new(()),
+            tags: crate::tag::TagState::new(tags_cfg),
         });
         spawn_background(Arc::downgrade(&ws));
         Ok(ws)
@@ -433,6 +436,11 @@ impl Workspace {
     /// Held by an identity run: one at a time per workspace.
     pub(crate) fn identity_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.identity_lock
+    }
+
+    /// Tag definitions' lock, latest index and config.
+    pub(crate) fn tag_state(&self) -> &crate::tag::TagState {
+        &self.tags
     }
 
     /// A consistent view for queries: the committed table and the rows above it.

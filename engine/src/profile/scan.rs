@@ -1,0 +1,426 @@
+//! The one pass over `events` that profiles and behaviour counts come from.
+
+use arrow::array::{
+    Array, AsArray, Decimal128Array, MapArray, RecordBatch, StringArray, StructArray,
+};
+use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
+use futures::StreamExt;
+use roaring::RoaringBitmap;
+
+use crate::identity::IdentityRules;
+use crate::identity::graph::key128;
+use crate::identity::tables::{self, IDENTIFIERS, PERSONS};
+pub use crate::index::BehaviourKey;
+use crate::store::{Workspace, table_provider};
+use crate::{Error, Result};
+
+/// Which person each identifier value belongs to, after the last OneID run.
+#[derive(Debug, Default)]
+pub(crate) struct PersonMap {
+    /// `key128(kind, value)` → (ordinal, the kind's priority).
+    owner: hashbrown::HashMap<u128, (u32, u8)>,
+    /// `person_id` by ordinal (`None`: retired or never used).
+    pub person_ids: Vec<Option<String>>,
+    /// Live persons.
+    pub live: RoaringBitmap,
+}
+
+impl PersonMap {
+    /// Loads the `persons` and `identifiers` tables; `None` before the first resolve.
+    pub async fn load(ws: &Workspace, rules: &IdentityRules) -> Result<Option<Self>> {
+        let dir = ws.dir();
+        if tables::open(&dir.join(PERSONS)).await?.is_none() {
+            return Ok(None);
+        }
+        let mut map = PersonMap::default();
+        for batch in
+            tables::scan(&dir.join(PERSONS), &["person_id", "ordinal", "merged_into"]).await?
+        {
+            let ids = tables::strings(batch.column(0))?;
+            let ords = tables::ints(batch.column(1))?;
+            let merged = batch.column(2);
+            for (i, id) in ids.into_iter().enumerate() {
+                let o = u32::try_from(ords[i]).map_err(|_| {
+                    Error::Internal(format!("persons row {i}: ordinal {} out of range", ords[i]))
+                })?;
+                if merged.is_valid(i) {
+                    continue;
+                }
+                let slot = o as usize;
+                if map.person_ids.len() <= slot {
+                    map.person_ids.resize(slot + 1, None);
+                }
+                map.person_ids[slot] = id;
+                map.live.insert(o);
+            }
+        }
+        let mut priorities: hashbrown::HashMap<String, u8> = hashbrown::HashMap::new();
+        for batch in tables::scan(&dir.join(IDENTIFIERS), &["kind", "value", "ordinal"]).await? {
+            let kinds = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+            let values = arrow::compute::cast(batch.column(1), &DataType::Utf8)?;
+            let (kinds, values) = (kinds.as_string::<i32>(), values.as_string::<i32>());
+            let ords = tables::ints(batch.column(2))?;
+            map.owner.reserve(batch.num_rows());
+            for (i, &ordinal) in ords.iter().enumerate() {
+                let kind = kinds.value(i);
+                let priority = match priorities.get(kind) {
+                    Some(p) => *p,
+                    None => {
+                        let p = rules.kind(kind).priority;
+                        priorities.insert(kind.to_string(), p);
+                        p
+                    }
+                };
+                map.owner
+                    .insert(key128(kind, values.value(i)), (ordinal as u32, priority));
+            }
+        }
+        Ok(Some(map))
+    }
+
+    /// The live person holding `kind:value` (normalised).
+    pub fn ordinal_of(&self, kind: &str, value: &str) -> Option<u32> {
+        self.owner
+            .get(&key128(kind, value))
+            .map(|&(o, _)| o)
+            .filter(|o| self.live.contains(*o))
+    }
+
+    /// One past the highest ordinal.
+    pub fn ordinal_space(&self) -> usize {
+        self.person_ids.len()
+    }
+}
+
+/// Which behaviours to count: every event type, every (type, value) of each
+/// configured dimension, and the multi-property keys rules ask for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BehaviourPlan {
+    /// Properties indexed one at a time (`category`, `channel`).
+    pub dimensions: Vec<String>,
+    /// Keys with two or more filters.
+    pub combos: Vec<BehaviourKey>,
+}
+
+/// A string ↔ dense id table.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Interner {
+    ids: hashbrown::HashMap<String, u32>,
+    /// Strings by id.
+    pub names: Vec<String>,
+}
+
+impl Interner {
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(s.to_string(), id);
+        self.names.push(s.to_string());
+        id
+    }
+}
+
+/// A change of one attribute, as `attribute_history` keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct AttributeChange {
+    pub ordinal: u32,
+    pub key: u32,
+    pub value: u32,
+    pub at: i64,
+    pub event_id: String,
+}
+
+/// Sentinel for "never".
+pub(crate) const NEVER: i64 = i64::MIN;
+
+/// What one pass over `events` gathered, per ordinal.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    pub first_seen: Vec<i64>,
+    pub last_seen: Vec<i64>,
+    pub events: Vec<u32>,
+    pub orders: Vec<u32>,
+    /// Purchase amounts in cents (scale 2).
+    pub spend: Vec<i64>,
+    pub last_order: Vec<i64>,
+    /// (time, channel id) of the first `register`.
+    pub registered: Vec<(i64, u32)>,
+    pub channel_counts: Vec<Vec<(u32, u32)>>,
+    pub category_counts: Vec<Vec<(u32, u32)>>,
+    /// Latest (key, time, value) per attribute.
+    pub attributes: Vec<Vec<(u32, i64, u32)>>,
+    pub channels: Interner,
+    pub categories: Interner,
+    pub attr_keys: Interner,
+    pub attr_values: Interner,
+    pub history: Vec<AttributeChange>,
+    /// Behaviour keys and their `(day, ordinal)` pairs, one per event.
+    pub behaviour: Vec<(BehaviourKey, Vec<(i32, u32)>)>,
+    /// Events read.
+    pub read: u64,
+    /// Events none of whose values belong to a live person (not resolved yet).
+    pub unattributed: u64,
+    /// Event types seen.
+    pub event_types: Interner,
+}
+
+fn bump(counts: &mut Vec<(u32, u32)>, id: u32) {
+    match counts.iter_mut().find(|(k, _)| *k == id) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((id, 1)),
+    }
+}
+
+/// Where the behaviour pairs of one event go.
+struct Slots {
+    /// Slot of each event type id.
+    by_type: Vec<usize>,
+    /// (type id, dimension index, value) → slot.
+    by_dim: hashbrown::HashMap<(u32, usize, String), usize>,
+}
+
+/// Reads every event of the workspace (Delta, after a flush) once.
+pub(crate) async fn scan(
+    ws: &Workspace,
+    persons: &PersonMap,
+    plan: &BehaviourPlan,
+) -> Result<Scan> {
+    ws.flush().await?;
+    let (table, _) = ws.read_view();
+    let n = persons.ordinal_space();
+    let mut s = Scan {
+        first_seen: vec![i64::MAX; n],
+        last_seen: vec![NEVER; n],
+        events: vec![0; n],
+        orders: vec![0; n],
+        spend: vec![0; n],
+        last_order: vec![NEVER; n],
+        registered: vec![(i64::MAX, u32::MAX); n],
+        channel_counts: vec![Vec::new(); n],
+        category_counts: vec![Vec::new(); n],
+        attributes: vec![Vec::new(); n],
+        ..Scan::default()
+    };
+    if table.version().is_none() {
+        return Ok(s);
+    }
+    let mut slots = Slots {
+        by_type: Vec::new(),
+        by_dim: hashbrown::HashMap::new(),
+    };
+    let ctx = datafusion::prelude::SessionContext::new();
+    let df = ctx
+        .read_table(table_provider(&table).await?)?
+        .select_columns(&[
+            "event_id",
+            "event_time",
+            "channel",
+            "event_type",
+            "identifiers",
+            "category",
+            "amount",
+            "properties",
+            "event_date",
+            "sku",
+            "currency",
+            "store_id",
+            "campaign",
+            "page",
+        ])?;
+    let mut stream = df.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        add_batch(&mut s, &mut slots, &batch?, persons, plan)?;
+    }
+    Ok(s)
+}
+
+fn utf8(batch: &RecordBatch, name: &str) -> Result<StringArray> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("events batch has no `{name}`")))?;
+    Ok(arrow::compute::cast(col, &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone())
+}
+
+fn add_batch(
+    s: &mut Scan,
+    slots: &mut Slots,
+    batch: &RecordBatch,
+    persons: &PersonMap,
+    plan: &BehaviourPlan,
+) -> Result<()> {
+    let col = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Internal(format!("events batch has no `{name}`")))
+    };
+    let event_ids = utf8(batch, "event_id")?;
+    let times = arrow::compute::cast(
+        col("event_time")?,
+        &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+    )?;
+    let times = times.as_primitive::<TimestampMicrosecondType>();
+    let days = arrow::compute::cast(col("event_date")?, &DataType::Int32)?;
+    let days = days.as_primitive::<Int32Type>();
+    let channels = utf8(batch, "channel")?;
+    let types = utf8(batch, "event_type")?;
+    let categories = utf8(batch, "category")?;
+    let amounts = col("amount")?
+        .as_any()
+        .downcast_ref::<Decimal128Array>()
+        .ok_or_else(|| Error::Internal("events `amount` is not Decimal128".into()))?
+        .clone();
+    let ids = col("identifiers")?.as_list::<i32>();
+    let id_struct: &StructArray = ids.values().as_struct();
+    let id_kinds = arrow::compute::cast(id_struct.column(0), &DataType::Utf8)?;
+    let id_values = arrow::compute::cast(id_struct.column(1), &DataType::Utf8)?;
+    let (id_kinds, id_values) = (id_kinds.as_string::<i32>(), id_values.as_string::<i32>());
+    let props: &MapArray = col("properties")?.as_map();
+    let prop_keys = arrow::compute::cast(props.keys(), &DataType::Utf8)?;
+    let prop_values = arrow::compute::cast(props.values(), &DataType::Utf8)?;
+    let (prop_keys, prop_values) = (prop_keys.as_string::<i32>(), prop_values.as_string::<i32>());
+    // Dimension columns: a typed column when there is one, else the map.
+    let dim_columns: Vec<Option<StringArray>> = plan
+        .dimensions
+        .iter()
+        .map(|d| batch.column_by_name(d).map(|_| utf8(batch, d)).transpose())
+        .collect::<Result<_>>()?;
+    let prop_of = |row: usize, key: &str| -> Option<&str> {
+        if props.is_null(row) {
+            return None;
+        }
+        let offsets = props.value_offsets();
+        (offsets[row] as usize..offsets[row + 1] as usize)
+            .find(|&j| prop_keys.value(j) == key)
+            .filter(|&j| prop_values.is_valid(j))
+            .map(|j| prop_values.value(j))
+    };
+    let offsets = ids.value_offsets();
+
+    for row in 0..batch.num_rows() {
+        s.read += 1;
+        // The person: the live owner of the event's strongest value.
+        let mut best: Option<(u8, u32)> = None;
+        for j in offsets[row] as usize..offsets[row + 1] as usize {
+            if id_struct.is_null(j) {
+                continue;
+            }
+            if let Some(&(o, p)) = persons
+                .owner
+                .get(&key128(id_kinds.value(j), id_values.value(j)))
+                && persons.live.contains(o)
+                && best.is_none_or(|(bp, _)| p > bp)
+            {
+                best = Some((p, o));
+            }
+        }
+        let Some((_, o)) = best else {
+            s.unattributed += 1;
+            continue;
+        };
+        let p = o as usize;
+        let t = times.value(row);
+        let day = days.value(row);
+        s.first_seen[p] = s.first_seen[p].min(t);
+        s.last_seen[p] = s.last_seen[p].max(t);
+        s.events[p] += 1;
+        let channel = s.channels.intern(channels.value(row));
+        bump(&mut s.channel_counts[p], channel);
+        if categories.is_valid(row) {
+            let c = s.categories.intern(categories.value(row));
+            bump(&mut s.category_counts[p], c);
+        }
+        let event_type = types.value(row);
+        let type_id = s.event_types.intern(event_type);
+        match event_type {
+            "purchase" => {
+                s.orders[p] += 1;
+                if amounts.is_valid(row) {
+                    s.spend[p] += amounts.value(row) as i64;
+                }
+                s.last_order[p] = s.last_order[p].max(t);
+            }
+            "register" if t < s.registered[p].0 => s.registered[p] = (t, channel),
+            "profile_update" if props.is_valid(row) => {
+                let o2 = props.value_offsets();
+                for j in o2[row] as usize..o2[row + 1] as usize {
+                    if prop_values.is_null(j) {
+                        continue;
+                    }
+                    let key = s.attr_keys.intern(prop_keys.value(j));
+                    let value = s.attr_values.intern(prop_values.value(j));
+                    s.history.push(AttributeChange {
+                        ordinal: o,
+                        key,
+                        value,
+                        at: t,
+                        event_id: event_ids.value(row).to_string(),
+                    });
+                    let attrs = &mut s.attributes[p];
+                    match attrs.iter_mut().find(|(k, _, _)| *k == key) {
+                        // Latest by event time; ties go to the larger value, so
+                        // the result does not depend on read order.
+                        Some(slot) if (t, value) > (slot.1, slot.2) => *slot = (key, t, value),
+                        Some(_) => {}
+                        None => attrs.push((key, t, value)),
+                    }
+                }
+            }
+            _ => {}
+        }
+
+        // Behaviour: the type, each dimension's value, the combos.
+        let ti = type_id as usize;
+        if slots.by_type.len() <= ti {
+            slots.by_type.resize(ti + 1, usize::MAX);
+        }
+        if slots.by_type[ti] == usize::MAX {
+            slots.by_type[ti] = s.behaviour.len();
+            s.behaviour
+                .push((BehaviourKey::new(event_type, Vec::new()), Vec::new()));
+        }
+        s.behaviour[slots.by_type[ti]].1.push((day, o));
+        for (d, dim) in plan.dimensions.iter().enumerate() {
+            let value = match &dim_columns[d] {
+                Some(c) => c.is_valid(row).then(|| c.value(row)),
+                None => prop_of(row, dim),
+            };
+            let Some(value) = value else { continue };
+            let slot = match slots.by_dim.get(&(type_id, d, value.to_string())) {
+                Some(&slot) => slot,
+                None => {
+                    let slot = s.behaviour.len();
+                    s.behaviour.push((
+                        BehaviourKey::new(event_type, vec![(dim.clone(), value.to_string())]),
+                        Vec::new(),
+                    ));
+                    slots.by_dim.insert((type_id, d, value.to_string()), slot);
+                    slot
+                }
+            };
+            s.behaviour[slot].1.push((day, o));
+        }
+        for combo in plan.combos.iter().filter(|c| c.event_type == event_type) {
+            let all = combo.filters.iter().all(|(prop, v)| {
+                let got = match plan.dimensions.iter().position(|d| d == prop) {
+                    Some(d) => match &dim_columns[d] {
+                        Some(c) => c.is_valid(row).then(|| c.value(row)),
+                        None => prop_of(row, prop),
+                    },
+                    None => prop_of(row, prop),
+                };
+                got == Some(v.as_str())
+            });
+            if all {
+                match s.behaviour.iter_mut().find(|(k, _)| k == combo) {
+                    Some((_, pairs)) => pairs.push((day, o)),
+                    None => s.behaviour.push((combo.clone(), vec![(day, o)])),
+                }
+            }
+        }
+    }
+    Ok(())
+}

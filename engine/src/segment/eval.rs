@@ -1,0 +1,350 @@
+//! Evaluation of an [`Expr`] over one [`IndexSet`]: bitmap operations only,
+//! no event scan. Every result is a subset of the live persons.
+//!
+//! - a boolean tag is its bitmap; `NOT e` is the live persons minus `e`;
+//!   `AND` intersects its operands smallest first, `OR` unions them;
+//! - `field = v` / `IN` / `!=` on an enumerated tag, trait or attribute use
+//!   its per-value bitmaps (`!=` and `NOT IN`: persons with some other value);
+//! - comparisons and `BETWEEN` on a numeric trait run on its bit-sliced
+//!   index, the literal scaled to the trait's decimals;
+//! - `did(...)` sums the per-day behaviour counts of the window.
+
+use std::ops::RangeInclusive;
+
+use chrono::NaiveDate;
+use roaring::RoaringBitmap;
+
+use super::ast::{Cmp, Did, Expr, Literal, Window};
+use crate::index::{BehaviourKey, Compare, IndexSet, NumericIndex};
+use crate::{Error, Result};
+
+/// The day number (days since 1970-01-01) of `d`.
+pub fn day_number(d: NaiveDate) -> i32 {
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    (d - epoch).num_days() as i32
+}
+
+/// Up to three names from `candidates` close to `name`, for "did you mean".
+pub fn near<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut scored: Vec<(f64, &str)> = candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(s, _)| *s >= 0.75)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+fn unknown(what: &str, name: &str, near: Vec<String>) -> Error {
+    let hint = if near.is_empty() {
+        String::new()
+    } else {
+        format!(" (did you mean {}?)", near.join(", "))
+    };
+    Error::invalid("expression", format!("unknown {what} `{name}`{hint}"))
+}
+
+/// Evaluates `e` over `index`, with windows relative to `now_day`.
+pub fn evaluate(e: &Expr, index: &IndexSet, now_day: i32) -> Result<RoaringBitmap> {
+    Ok(Eval { index, now_day }.eval(e)? & &index.live)
+}
+
+struct Eval<'a> {
+    index: &'a IndexSet,
+    now_day: i32,
+}
+
+impl Eval<'_> {
+    fn eval(&self, e: &Expr) -> Result<RoaringBitmap> {
+        match e {
+            Expr::And { args } => {
+                let mut parts = args
+                    .iter()
+                    .map(|a| self.eval(a))
+                    .collect::<Result<Vec<_>>>()?;
+                parts.sort_by_key(RoaringBitmap::len);
+                let mut it = parts.into_iter();
+                let mut acc = it.next().unwrap_or_else(|| self.index.live.clone());
+                for b in it {
+                    if acc.is_empty() {
+                        break;
+                    }
+                    acc &= b;
+                }
+                Ok(acc)
+            }
+            Expr::Or { args } => {
+                let mut acc = RoaringBitmap::new();
+                for a in args {
+                    acc |= self.eval(a)?;
+                }
+                Ok(acc)
+            }
+            Expr::Not { arg } => Ok(&self.index.live - self.eval(arg)?),
+            Expr::Tag { name } => self.tag(name),
+            Expr::Compare { field, cmp, value } => self.compare(field, *cmp, value),
+            Expr::In {
+                field,
+                values,
+                negated,
+            } => {
+                let by_value = self.enumerated(field)?;
+                let mut hit = RoaringBitmap::new();
+                for v in values {
+                    if let Some(b) = by_value.get(&literal_text(v)) {
+                        hit |= b;
+                    }
+                }
+                if *negated {
+                    Ok(any_value(by_value) - hit)
+                } else {
+                    Ok(hit)
+                }
+            }
+            Expr::Between { field, low, high } => {
+                let n = self.numeric(field)?;
+                let lo = bound(field, low, n.scale, Rounding::Up)?;
+                let hi = bound(field, high, n.scale, Rounding::Down)?;
+                Ok(if lo > hi {
+                    RoaringBitmap::new()
+                } else {
+                    n.bsi.range(lo..=hi)
+                })
+            }
+            Expr::Did(d) => self.did(d),
+            Expr::Segment { name } => Err(Error::invalid(
+                "expression",
+                format!("unknown saved segment `{name}`"),
+            )),
+        }
+    }
+
+    fn tag(&self, name: &str) -> Result<RoaringBitmap> {
+        if let Some(b) = self.index.tags.get(name) {
+            return Ok(b.clone());
+        }
+        if self.index.enums.contains_key(name) || self.index.numbers.contains_key(name) {
+            return Err(Error::invalid(
+                "expression",
+                format!(
+                    "`{name}` is not a boolean tag: compare it, e.g. `{name} = ...` or `{name} >= ...`"
+                ),
+            ));
+        }
+        Err(unknown(
+            "tag",
+            name,
+            near(name, self.index.tags.keys().map(String::as_str)),
+        ))
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.index
+            .enums
+            .keys()
+            .chain(self.index.numbers.keys())
+            .map(String::as_str)
+    }
+
+    fn enumerated(
+        &self,
+        field: &str,
+    ) -> Result<&std::collections::BTreeMap<String, RoaringBitmap>> {
+        if let Some(m) = self.index.enums.get(field) {
+            return Ok(m);
+        }
+        if self.index.numbers.contains_key(field) {
+            return Err(Error::invalid(
+                "expression",
+                format!("`{field}` is numeric: use < <= > >= = != or BETWEEN with a number"),
+            ));
+        }
+        Err(unknown(
+            "tag, attribute or trait",
+            field,
+            near(field, self.names()),
+        ))
+    }
+
+    fn numeric(&self, field: &str) -> Result<&NumericIndex> {
+        if let Some(n) = self.index.numbers.get(field) {
+            return Ok(n);
+        }
+        if self.index.enums.contains_key(field) {
+            return Err(Error::invalid(
+                "expression",
+                format!("`{field}` is enumerated, not numeric: use = != or IN with strings"),
+            ));
+        }
+        Err(unknown("numeric trait", field, near(field, self.names())))
+    }
+
+    fn compare(&self, field: &str, cmp: Cmp, value: &Literal) -> Result<RoaringBitmap> {
+        if self.index.numbers.contains_key(field) {
+            let n = self.numeric(field)?;
+            let (op, c) = match cmp {
+                Cmp::Eq | Cmp::Ne => {
+                    let exact = scaled(field, value, n.scale, Rounding::Exact)?;
+                    let eq = match exact {
+                        Some(c) => n.bsi.compare(Compare::Eq, c),
+                        None => RoaringBitmap::new(),
+                    };
+                    return Ok(if cmp == Cmp::Eq {
+                        eq
+                    } else {
+                        n.bsi.exists() - eq
+                    });
+                }
+                Cmp::Ge => (Compare::Ge, bound(field, value, n.scale, Rounding::Up)?),
+                Cmp::Gt => (Compare::Gt, bound(field, value, n.scale, Rounding::Down)?),
+                Cmp::Le => (Compare::Le, bound(field, value, n.scale, Rounding::Down)?),
+                Cmp::Lt => (Compare::Lt, bound(field, value, n.scale, Rounding::Up)?),
+            };
+            return Ok(n.bsi.compare(op, c));
+        }
+        let by_value = self.enumerated(field)?;
+        let text = literal_text(value);
+        let hit = by_value.get(&text).cloned().unwrap_or_default();
+        match cmp {
+            Cmp::Eq => Ok(hit),
+            Cmp::Ne => Ok(any_value(by_value) - hit),
+            _ => Err(Error::invalid(
+                "expression",
+                format!("`{field}` is enumerated: only = != and IN compare it"),
+            )),
+        }
+    }
+
+    fn did(&self, d: &Did) -> Result<RoaringBitmap> {
+        let key = BehaviourKey::new(&d.event_type, d.filters.clone());
+        let Some(counts) = self.index.behaviour.get(&key) else {
+            if !self.index.event_types.contains(&d.event_type) {
+                return Err(unknown(
+                    "event type",
+                    &d.event_type,
+                    near(
+                        &d.event_type,
+                        self.index.event_types.iter().map(String::as_str),
+                    ),
+                ));
+            }
+            let indexed = match d.filters.as_slice() {
+                [] => true,
+                [(p, _)] => self.index.dimensions.contains(p),
+                _ => false,
+            };
+            if !indexed {
+                return Err(Error::invalid(
+                    "expression",
+                    format!(
+                        "behaviour `{key}` is not indexed (dimensions: {}): add the property to the behaviour dimensions of the tag definitions",
+                        self.index.dimensions.join(", ")
+                    ),
+                ));
+            }
+            // Indexed, but nobody did it: every count is zero.
+            return Ok(match d.count.unwrap_or((Cmp::Ge, 1)) {
+                (Cmp::Le, _) | (Cmp::Eq, 0) | (Cmp::Ge, 0) => self.index.live.clone(),
+                (Cmp::Lt, n) | (Cmp::Ne, n) if n > 0 => self.index.live.clone(),
+                _ => RoaringBitmap::new(),
+            });
+        };
+        let days = self.window(d.window);
+        let at_least = |n: u64| counts.at_least(days.clone(), n.max(1));
+        let live = &self.index.live;
+        Ok(match d.count.unwrap_or((Cmp::Ge, 1)) {
+            (Cmp::Ge, 0) => live.clone(),
+            (Cmp::Ge, n) => at_least(n)?,
+            (Cmp::Gt, n) => at_least(n + 1)?,
+            (Cmp::Eq, 0) => live - at_least(1)?,
+            (Cmp::Eq, n) => counts
+                .counts(days.clone())?
+                .compare(Compare::Eq, i64::try_from(n).unwrap_or(i64::MAX)),
+            (Cmp::Le, n) => live - at_least(n + 1)?,
+            (Cmp::Lt, 0) => RoaringBitmap::new(),
+            (Cmp::Lt, n) => live - at_least(n)?,
+            (Cmp::Ne, n) => {
+                let eq = if n == 0 {
+                    live - at_least(1)?
+                } else {
+                    counts
+                        .counts(days.clone())?
+                        .compare(Compare::Eq, i64::try_from(n).unwrap_or(i64::MAX))
+                };
+                live - eq
+            }
+        })
+    }
+
+    fn window(&self, w: Option<Window>) -> RangeInclusive<i32> {
+        match w {
+            None => i32::MIN..=i32::MAX,
+            Some(Window::Last { days }) => {
+                let days = i32::try_from(days.max(1)).unwrap_or(i32::MAX);
+                self.now_day.saturating_sub(days - 1)..=self.now_day
+            }
+            Some(Window::Between { from, to }) => day_number(from)..=day_number(to),
+        }
+    }
+}
+
+fn any_value(by_value: &std::collections::BTreeMap<String, RoaringBitmap>) -> RoaringBitmap {
+    by_value
+        .values()
+        .fold(RoaringBitmap::new(), |acc, b| acc | b)
+}
+
+/// A literal as the string an enumerated value is compared with.
+fn literal_text(v: &Literal) -> String {
+    match v {
+        Literal::String(s) => s.clone(),
+        Literal::Number(n) => n.to_string(),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Rounding {
+    Up,
+    Down,
+    Exact,
+}
+
+/// A range bound: never `None` for `Up`/`Down`.
+fn bound(field: &str, v: &Literal, scale: u8, r: Rounding) -> Result<i64> {
+    scaled(field, v, scale, r)?
+        .ok_or_else(|| Error::Internal(format!("`{field}`: no bound for {v:?}")))
+}
+
+/// `v × 10^scale` as an integer: rounded up or down for range bounds (so
+/// `x >= 9.999` at scale 2 means `x >= 10.00`), `None` when `Exact` is asked
+/// and the value has more decimals than the trait.
+fn scaled(field: &str, v: &Literal, scale: u8, r: Rounding) -> Result<Option<i64>> {
+    let Literal::Number(x) = v else {
+        return Err(Error::invalid(
+            "expression",
+            format!("`{field}` is numeric: compare it with a number, not {v:?}"),
+        ));
+    };
+    let s = x * 10f64.powi(i32::from(scale));
+    let rounded = s.round();
+    // Treat values within float noise of an integer as that integer.
+    let near_int = (s - rounded).abs() < 1e-6;
+    let out = match (r, near_int) {
+        (_, true) => rounded,
+        (Rounding::Up, false) => s.ceil(),
+        (Rounding::Down, false) => s.floor(),
+        (Rounding::Exact, false) => return Ok(None),
+    };
+    if !(-9.2e18..=9.2e18).contains(&out) {
+        return Err(Error::invalid(
+            "expression",
+            format!("`{field}`: {x} is out of range"),
+        ));
+    }
+    Ok(Some(out as i64))
+}

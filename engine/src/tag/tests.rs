@@ -1,0 +1,459 @@
+//! Tags end to end inside the engine: generated events in, OneID, a refresh,
+//! and every tag kind checked against a naive model computed here from the
+//! same events (a `HashSet` of ordinals per tag).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::AsArray;
+use arrow::datatypes::DataType;
+use futures::StreamExt;
+use quiver_data::GenConfig;
+
+use super::{DefinitionFormat, TagDefinitions};
+use crate::event::{RawEvent, TimeInput};
+use crate::identity::{IdentityRules, ResolveOptions};
+use crate::segment::day_number;
+use crate::{Engine, EngineConfig, Workspace};
+
+const DAY_US: i64 = 86_400_000_000;
+
+async fn workspace(dir: &std::path::Path) -> Arc<Workspace> {
+    let mut cfg = EngineConfig {
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    cfg.store.fsync = false;
+    cfg.tags.keep_versions = 2;
+    let engine = Engine::open(cfg).await.unwrap();
+    engine.create_workspace("shop").await.unwrap()
+}
+
+async fn rows(ws: &Workspace, sql: &str) -> Vec<Vec<Option<String>>> {
+    let mut stream = ws.sql(sql).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.unwrap();
+        let cols: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::cast(c, &DataType::Utf8).unwrap())
+            .collect();
+        for i in 0..batch.num_rows() {
+            out.push(
+                cols.iter()
+                    .map(|c| {
+                        let c = c.as_string::<i32>();
+                        (!arrow::array::Array::is_null(c, i)).then(|| c.value(i).to_string())
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+fn quiet(_: crate::identity::Progress) {}
+
+/// One event as the naive model sees it.
+#[derive(Debug, Clone)]
+struct Ev {
+    time: i64,
+    day: i32,
+    event_type: String,
+    channel: String,
+    category: Option<String>,
+    amount_cents: i64,
+    level: Option<String>,
+}
+
+/// Every live person's events, attributed like the engine says it does: to
+/// the person holding the event's strongest identifier.
+async fn events_by_person(ws: &Workspace) -> (BTreeMap<u32, Vec<Ev>>, HashSet<u32>) {
+    let rules = IdentityRules::default();
+    let owner: HashMap<(String, String), u32> =
+        rows(ws, "SELECT kind, value, ordinal FROM identifiers")
+            .await
+            .into_iter()
+            .map(|r| {
+                let r: Vec<String> = r.into_iter().map(Option::unwrap_or_default).collect();
+                ((r[0].clone(), r[1].clone()), r[2].parse().unwrap())
+            })
+            .collect();
+    let live: HashSet<u32> = rows(ws, "SELECT ordinal FROM persons WHERE merged_into IS NULL")
+        .await
+        .into_iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    let mut best: HashMap<String, (u8, u32)> = HashMap::new();
+    for r in rows(
+        ws,
+        "SELECT event_id, i['kind'], i['value'] FROM (SELECT event_id, unnest(identifiers) AS i FROM events)",
+    )
+    .await
+    {
+        let (id, kind, value) = (r[0].clone().unwrap(), r[1].clone().unwrap(), r[2].clone().unwrap());
+        let Some(&o) = owner.get(&(kind.clone(), value)) else {
+            continue;
+        };
+        if !live.contains(&o) {
+            continue;
+        }
+        let p = rules.kind(&kind).priority;
+        let e = best.entry(id).or_insert((p, o));
+        if p > e.0 {
+            *e = (p, o);
+        }
+    }
+    let mut out: BTreeMap<u32, Vec<Ev>> = BTreeMap::new();
+    for r in rows(
+        ws,
+        "SELECT event_id, CAST(to_unixtime(event_time) * 1000000 AS BIGINT), CAST(event_date AS INT), event_type, channel, category, CAST(amount * 100 AS BIGINT), properties['member_level'] FROM events",
+    )
+    .await
+    {
+        let Some(&(_, o)) = best.get(r[0].as_deref().unwrap()) else {
+            continue;
+        };
+        out.entry(o).or_default().push(Ev {
+            time: r[1].as_deref().unwrap().parse().unwrap(),
+            day: r[2].as_deref().unwrap().parse().unwrap(),
+            event_type: r[3].clone().unwrap(),
+            channel: r[4].clone().unwrap(),
+            category: r[5].clone(),
+            amount_cents: r[6].as_deref().map_or(0, |a| a.parse().unwrap()),
+            level: r[7].clone(),
+        });
+    }
+    (out, live)
+}
+
+fn bits(b: &roaring::RoaringBitmap) -> HashSet<u32> {
+    b.iter().collect()
+}
+
+const EXTRA: &str = r#"
+[behaviour]
+dimensions = ["category", "channel"]
+
+[[tag]]
+name = "big_spender"
+kind = "boolean"
+rule = "total_spend >= 500 AND NOT skincare_lover"
+
+[[tag]]
+name = "mini_skincare_buyer"
+kind = "boolean"
+rule = "did(purchase WHERE category = 'skincare' AND channel = 'miniprogram')"
+
+[[tag]]
+name = "quiet_viewer"
+kind = "boolean"
+rule = "did(page_view) BETWEEN '2026-10-01' AND '2026-10-31' AND did(purchase) = 0"
+
+[[tag]]
+name = "spend"
+kind = "numeric"
+source = "total_spend"
+
+[[tag]]
+name = "vip_list"
+kind = "manual"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tag_kind_equals_a_naive_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = workspace(dir.path()).await;
+    let config = GenConfig {
+        persons: 800,
+        threads: 1,
+        ..Default::default()
+    };
+    let (batches, _) = quiver_data::generate_batches(&config).unwrap();
+    for b in &batches {
+        ws.ingest_arrow(b).await.unwrap();
+    }
+    ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+
+    let seed = TagDefinitions::parse(quiver_data::SEED_TAGS_TOML, DefinitionFormat::Toml).unwrap();
+    ws.define_tags(&seed).await.unwrap();
+    let extra = TagDefinitions::parse(EXTRA, DefinitionFormat::Toml).unwrap();
+    let defs = ws.define_tags(&extra).await.unwrap();
+    assert_eq!(defs.tags.len(), 9);
+
+    // The manual list: phones of some persons, plus values nobody holds.
+    let phones: Vec<(String, u32)> = rows(
+        &ws,
+        "SELECT value, ordinal FROM identifiers WHERE kind = 'phone' ORDER BY value LIMIT 25",
+    )
+    .await
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].clone().unwrap(),
+            r[1].as_deref().unwrap().parse().unwrap(),
+        )
+    })
+    .collect();
+    let mut upload: Vec<String> = phones.iter().map(|(v, _)| format!("phone:{v}")).collect();
+    upload.push("phone:+8613999999990".into());
+    upload.push("email:nobody@example.invalid".into());
+    let up = ws.upload_manual_tag("vip_list", &upload).await.unwrap();
+    assert_eq!((up.matched, up.unknown), (25, 2), "{up:?}");
+
+    let now_date = config.end_date;
+    let now_day = day_number(now_date);
+    let now = i64::from(now_day) * DAY_US + DAY_US / 2;
+    let report = ws.refresh_tags(Some(now), &|_| {}).await.unwrap();
+    assert_eq!(report.version, 1);
+    let index = ws.tag_index().unwrap().unwrap();
+
+    let (events, live) = events_by_person(&ws).await;
+    assert_eq!(bits(&index.live), live);
+    let model = |keep: &dyn Fn(&[Ev]) -> bool| -> HashSet<u32> {
+        live.iter()
+            .copied()
+            .filter(|o| keep(events.get(o).map_or(&[][..], Vec::as_slice)))
+            .collect()
+    };
+    let count = |evs: &[Ev], f: &dyn Fn(&Ev) -> bool| evs.iter().filter(|e| f(e)).count();
+    let skincare = model(&|evs| {
+        count(evs, &|e| {
+            e.event_type == "page_view" && e.category.as_deref() == Some("skincare")
+        }) > 3
+    });
+    let spend = |evs: &[Ev]| -> i64 {
+        evs.iter()
+            .filter(|e| e.event_type == "purchase")
+            .map(|e| e.amount_cents)
+            .sum()
+    };
+    let expected: Vec<(&str, HashSet<u32>)> = vec![
+        (
+            "miniprogram_user",
+            model(&|evs| {
+                evs.iter()
+                    .filter(|e| e.event_type == "register")
+                    .min_by_key(|e| e.time)
+                    .is_some_and(|e| e.channel == "miniprogram")
+            }),
+        ),
+        ("skincare_lover", skincare.clone()),
+        (
+            "highly_active",
+            model(&|evs| {
+                count(evs, &|e| {
+                    e.event_type == "purchase" && e.day > now_day - 7 && e.day <= now_day
+                }) >= 2
+            }),
+        ),
+        (
+            "big_spender",
+            model(&|evs| spend(evs) >= 50_000)
+                .difference(&skincare)
+                .copied()
+                .collect(),
+        ),
+        (
+            "mini_skincare_buyer",
+            model(&|evs| {
+                count(evs, &|e| {
+                    e.event_type == "purchase"
+                        && e.category.as_deref() == Some("skincare")
+                        && e.channel == "miniprogram"
+                }) >= 1
+            }),
+        ),
+        (
+            "quiet_viewer",
+            model(&|evs| {
+                let (from, to) = (
+                    day_number(chrono::NaiveDate::from_ymd_opt(2026, 10, 1).unwrap()),
+                    day_number(chrono::NaiveDate::from_ymd_opt(2026, 10, 31).unwrap()),
+                );
+                count(evs, &|e| {
+                    e.event_type == "page_view" && (from..=to).contains(&e.day)
+                }) >= 1
+                    && count(evs, &|e| e.event_type == "purchase") == 0
+            }),
+        ),
+        ("vip_list", phones.iter().map(|p| p.1).collect()),
+    ];
+    for (name, want) in &expected {
+        let got = bits(&index.tags[*name]);
+        assert!(
+            !want.is_empty(),
+            "{name}: the model selects nobody; the test is too weak"
+        );
+        assert_eq!(&got, want, "tag {name}");
+        let cov = report.tags.iter().find(|t| t.name == *name).unwrap();
+        assert_eq!(cov.count, want.len() as u64, "{name}");
+    }
+    assert_eq!(
+        report
+            .tags
+            .iter()
+            .find(|t| t.name == "vip_list")
+            .unwrap()
+            .unknown_identifiers,
+        2
+    );
+
+    // Enum: the latest member_level per person, one bitmap per value.
+    let mut levels: BTreeMap<String, HashSet<u32>> = BTreeMap::new();
+    for (&o, evs) in &events {
+        if let Some(e) = evs
+            .iter()
+            .filter(|e| e.event_type == "profile_update" && e.level.is_some())
+            .max_by(|a, b| (a.time, &a.level).cmp(&(b.time, &b.level)))
+        {
+            levels
+                .entry(e.level.clone().unwrap())
+                .or_default()
+                .insert(o);
+        }
+    }
+    assert_eq!(levels.len(), 4, "{levels:?}");
+    for (value, want) in &levels {
+        assert_eq!(
+            &bits(&index.enums["member_level"][value]),
+            want,
+            "member_level = {value}"
+        );
+    }
+
+    // Numeric: the spend index holds every live person's total, in cents.
+    for &o in &live {
+        let want = spend(events.get(&o).map_or(&[][..], Vec::as_slice));
+        assert_eq!(
+            index.numbers["spend"].bsi.get(crate::index::Ordinal(o)),
+            Some(want)
+        );
+    }
+
+    // Person 360 sees the same tags; the profile table agrees.
+    let someone = *expected[1].1.iter().next().unwrap();
+    let tags = ws.person_tags(someone).unwrap();
+    assert!(
+        tags.contains(&("skincare_lover".to_string(), "true".to_string())),
+        "{tags:?}"
+    );
+    let profiles = rows(&ws, "SELECT count(*) FROM profiles").await;
+    assert_eq!(
+        profiles[0][0].as_deref(),
+        Some(live.len().to_string().as_str())
+    );
+
+    // Versions: coverage per version, the oldest pruned past keep_versions = 2.
+    ws.refresh_tags(Some(now), &|_| {}).await.unwrap();
+    ws.refresh_tags(Some(now + 30 * DAY_US), &|_| {})
+        .await
+        .unwrap();
+    let (_, versions) = ws.tag_versions("highly_active").unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert_eq!(versions[0].count, expected[2].1.len() as u64);
+    assert_eq!(
+        versions[1].count, 0,
+        "a month later nobody bought in the last 7 days"
+    );
+    let (_, seeds) = ws.tag_versions("member_level").unwrap();
+    assert_eq!(seeds[0].values.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_moves_the_retired_persons_bits_to_the_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = workspace(dir.path()).await;
+    let t0 = 1_790_000_000_000_000i64;
+    let mut evs: Vec<(String, &str, &str, (&str, String))> = Vec::new();
+    for p in 0..6 {
+        let phone = format!("+86138001380{p:02}");
+        evs.push((format!("r{p}"), "register", "pos", ("phone", phone.clone())));
+        for i in 0..(p + 1) {
+            evs.push((
+                format!("v{p}-{i}"),
+                "purchase",
+                "pos",
+                ("phone", phone.clone()),
+            ));
+        }
+    }
+    let raw: Vec<RawEvent> = evs
+        .iter()
+        .enumerate()
+        .map(|(i, (id, ty, ch, idf))| RawEvent {
+            event_id: Some(id),
+            event_time: TimeInput::Micros(t0 + i as i64 * 1_000_000),
+            channel: Some(ch),
+            event_type: Some(ty),
+            identifiers: vec![(idf.0, idf.1.as_str())],
+            ..RawEvent::default()
+        })
+        .collect();
+    ws.ingest(raw.into_iter()).await.unwrap();
+    ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+    let defs = TagDefinitions::parse(
+        "[[tag]]\nname = \"repeat\"\nkind = \"boolean\"\nrule = \"did(purchase) >= 5\"",
+        DefinitionFormat::Toml,
+    )
+    .unwrap();
+    ws.define_tags(&defs).await.unwrap();
+    ws.refresh_tags(Some(t0), &|_| {}).await.unwrap();
+    let ord =
+        |rows: Vec<Vec<Option<String>>>| -> u32 { rows[0][0].as_deref().unwrap().parse().unwrap() };
+    let a = ord(rows(
+        &ws,
+        "SELECT ordinal FROM identifiers WHERE value = '+8613800138000'",
+    )
+    .await);
+    let b = ord(rows(
+        &ws,
+        "SELECT ordinal FROM identifiers WHERE value = '+8613800138003'",
+    )
+    .await);
+    let before = bits(&ws.tag_index().unwrap().unwrap().tags["repeat"]);
+    assert!(
+        !before.contains(&a) && !before.contains(&b),
+        "1 and 4 purchases: {before:?}"
+    );
+
+    // One event carries both phones: the two persons merge, 1 + 4 = 5 purchases.
+    let link = RawEvent {
+        event_id: Some("link"),
+        event_time: TimeInput::Micros(t0 + 100_000_000),
+        channel: Some("crm"),
+        event_type: Some("lead"),
+        identifiers: vec![("phone", "+8613800138000"), ("phone", "+8613800138003")],
+        ..RawEvent::default()
+    };
+    ws.ingest([link].into_iter()).await.unwrap();
+    let r = ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+    assert_eq!(r.merges, 1, "{r:?}");
+    ws.refresh_tags(Some(t0), &|_| {}).await.unwrap();
+    let index = ws.tag_index().unwrap().unwrap();
+    let survivor = ord(rows(
+        &ws,
+        "SELECT ordinal FROM identifiers WHERE value = '+8613800138003'",
+    )
+    .await);
+    let retired = if survivor == a { b } else { a };
+    assert!(index.tags["repeat"].contains(survivor));
+    assert!(!index.live.contains(retired));
+    for b in index
+        .tags
+        .values()
+        .chain(index.enums.values().flat_map(|m| m.values()))
+    {
+        assert!(!b.contains(retired), "a retired ordinal kept a bit");
+    }
+    assert_eq!(
+        index.numbers["order_count"]
+            .bsi
+            .get(crate::index::Ordinal(survivor)),
+        Some(5)
+    );
+}
