@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "workspace.proto",
         "query.proto",
         "identity.proto",
+        "tag.proto",
     ]
     .map(|p| root.join("quiver/v1").join(p));
     tonic_prost_build::configure()

@@ -85,10 +85,62 @@ pub enum Command {
     },
     /// Print the workspace's OneID rules (TOML).
     Rules,
+    /// Tags: define (TOML/JSON), list, refresh, show coverage per version,
+    /// upload a manual list, export a bitmap, drop.
+    Tags {
+        #[command(subcommand)]
+        action: TagsAction,
+    },
     /// Manage workspaces.
     Workspace {
         #[command(subcommand)]
         action: WorkspaceAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TagsAction {
+    /// Add or replace tags from a TOML (or `.json`) file of `[[tag]]` tables.
+    Define {
+        /// The definitions file (e.g. the generator's `tags.toml`).
+        file: PathBuf,
+    },
+    /// List tags with their coverage at the latest version.
+    List,
+    /// Rebuild profiles, traits and every tag as a new index version.
+    Refresh {
+        /// "Now" for windows such as `IN LAST 7 DAYS` (end of that UTC day);
+        /// default: the server's clock.
+        #[arg(long)]
+        now: Option<chrono::NaiveDate>,
+    },
+    /// A tag's definition and coverage (count, % of persons) per kept version.
+    Show {
+        /// The tag.
+        name: String,
+    },
+    /// Replace a manual tag's members: a file of `kind:value` lines.
+    Upload {
+        /// The manual tag.
+        name: String,
+        /// One identifier per line (`phone:13800138000`); `#` starts a comment line.
+        file: PathBuf,
+    },
+    /// Write a tag's members (latest version) as a portable roaring bitmap of ordinals.
+    Export {
+        /// The tag.
+        name: String,
+        /// For an enum tag: the value.
+        #[arg(long)]
+        value: Option<String>,
+        /// Output file.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Delete a tag's definition.
+    Drop {
+        /// The tag.
+        name: String,
     },
 }
 
@@ -272,6 +324,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let toml = client::identity::rules(channel, &ws).await?;
             output::message(toml.trim_end(), false);
             Ok(())
+        }
+        Command::Tags { action } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            client::tags::run(channel, &ws, action, g.json).await
         }
         Command::Workspace { action } => {
             init_logs("warn", false);

@@ -1,7 +1,8 @@
 //! `quiver demo`: the main job end to end on the embedded default — generate
 //! persons with known truth, start a server on a free loopback port, ingest
 //! over gRPC, commit to Delta, answer questions with SQL, print a report.
-//! Later work adds OneID, tags and segments to the same report.
+//! Then OneID (accuracy against the truth) and the generator's seed tags
+//! (coverage and build time); segments come next.
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
@@ -182,7 +183,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         acc.linked_pairs
     );
 
-    // 6. questions
+    // 6. tags: the generator's seed tags, refreshed with "now" at the data's last day
+    let t = Instant::now();
+    let seed = std::fs::read_to_string(root.join("generated").join("tags.toml"))
+        .context("the generator's tags.toml")?;
+    quiver_proto::v1::tag_service_client::TagServiceClient::new(channel.clone())
+        .define(pb::DefineTagsRequest {
+            workspace: WORKSPACE.into(),
+            text: seed,
+            format: pb::DefinitionFormat::Toml as i32,
+        })
+        .await
+        .map_err(status_error)?;
+    let now_ms = gen_cfg
+        .end_date
+        .and_hms_opt(23, 59, 59)
+        .map(|t| t.and_utc().timestamp_millis())
+        .unwrap_or_default();
+    let tags = client::tags::refresh(channel.clone(), WORKSPACE, now_ms, false).await?;
+    steps.push(Step {
+        name: "seed tags (define + refresh)",
+        seconds: t.elapsed().as_secs_f64(),
+        detail: format!(
+            "{} tags over {} persons, index version {}, {:.1} MiB; now = {}",
+            tags.tags.len(),
+            tags.persons,
+            tags.version,
+            tags.index_bytes as f64 / (1 << 20) as f64,
+            gen_cfg.end_date
+        ),
+    });
+
+    // 7. questions
     let questions = [
         (
             "events by channel",
@@ -241,6 +273,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("== identity accuracy against truth.parquet ==");
     println!("{accuracy}");
+    println!();
+    println!("== seed tags: coverage and build time ==");
+    client::tags::print_refresh(&tags, false);
     println!();
     println!("demo finished in {:.1}s", total.elapsed().as_secs_f64());
     Ok(())

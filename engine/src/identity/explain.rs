@@ -67,6 +67,14 @@ pub struct PersonView {
     pub last_seen: i64,
     /// The latest events, newest first.
     pub latest_events: Vec<SeenEvent>,
+    /// Attributes (latest value each), as of the latest tag refresh.
+    pub attributes: Vec<(String, String)>,
+    /// Computed traits, as of the latest tag refresh.
+    pub traits: Vec<(String, String)>,
+    /// Tags at the latest index version (see [`Workspace::person_tags`]).
+    pub tags: Vec<(String, String)>,
+    /// That version (0: never refreshed).
+    pub tags_version: u64,
 }
 
 /// An event behind a link.
@@ -266,7 +274,12 @@ impl Workspace {
                 .then_with(|| a.event_id.cmp(&b.event_id))
         });
         events.truncate(LATEST);
+        let profile = self.person_profile(ordinal)?;
         Ok(PersonView {
+            attributes: profile.attributes,
+            traits: profile.traits,
+            tags: profile.tags,
+            tags_version: profile.version,
             redirected_from: asked.filter(|a| *a != id),
             person_id: id,
             ordinal,

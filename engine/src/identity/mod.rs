@@ -106,8 +106,10 @@ pub struct ResolveReport {
     pub blocked: u64,
     /// Time per phase: read, components, assign, write.
     pub phases: Vec<(&'static str, Duration)>,
-    /// Wall time.
+    /// Wall time (of the OneID run; a tag refresh after it is not included).
     pub elapsed: Duration,
+    /// The tag index version refreshed after the run (`tags.refresh_after_resolve`).
+    pub tags_version: Option<u64>,
 }
 
 impl Workspace {
@@ -147,7 +149,7 @@ impl Workspace {
         opts: ResolveOptions,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<ResolveReport> {
-        let _guard = self.identity_lock().lock().await;
+        let guard = self.identity_lock().lock().await;
         let started = Instant::now();
         let rules = match &opts.rules {
             Some(r) => r.clone(),
@@ -408,7 +410,17 @@ impl Workspace {
             blocked: g.blocked,
             phases,
             elapsed: started.elapsed(),
+            tags_version: None,
         };
+        let mut report = report;
+        drop(guard);
+        if !opts.dry_run
+            && self.tag_state().refresh_after_resolve()
+            && !self.tag_definitions()?.tags.is_empty()
+        {
+            let r = self.refresh_tags(None, progress).await?;
+            report.tags_version = Some(r.version);
+        }
         tracing::info!(ws = %self.name(), run, dry_run = opts.dry_run, incremental, events = report.events, touched = report.touched_identifiers, persons = report.persons, merges = report.merges, splits = report.splits, quarantined = report.quarantined_count, refused = report.refused_count, elapsed_ms = report.elapsed.as_millis() as u64, "identity resolved");
         Ok(report)
     }

@@ -106,6 +106,7 @@ impl Workspace {
         tags_cfg: crate::TagsConfig,
     ) -> Result<Arc<Self>> {
         let started = Instant::now();
+        let tags_every = tags_cfg.refresh_interval_secs;
         let events = table::open_or_create_events(&dir.join("events")).await?;
         let committed = table::committed_wal_seq(&events).await?.unwrap_or(0);
         let wal_dir = dir.join("wal");
@@ -170,9 +171,12 @@ impl Workspace {
             closed: AtomicBool::new(false),
             last_optimize: Mutex::new(Instant::now()),
             identity_lock: tokio::sync::Mutex::new(()),
-            tags: crate::tag::TagState::new(tags_cfg),
+            tags: crate::tag::TagState::new(tags_cfg.clone()),
         });
         spawn_background(Arc::downgrade(&ws));
+        if tags_every > 0 {
+            crate::tag::spawn_schedule(Arc::downgrade(&ws), Duration::from_secs(tags_every));
+        }
         Ok(ws)
     }
 
@@ -436,6 +440,11 @@ impl Workspace {
     /// Held by an identity run: one at a time per workspace.
     pub(crate) fn identity_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.identity_lock
+    }
+
+    /// Whether [`Workspace::close`] ran (the workspace was dropped).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Tag definitions' lock, latest index and config.

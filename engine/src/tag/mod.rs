@@ -42,6 +42,10 @@ pub(crate) struct TagState {
 }
 
 impl TagState {
+    pub(crate) fn refresh_after_resolve(&self) -> bool {
+        self.cfg.refresh_after_resolve
+    }
+
     pub(crate) fn new(cfg: TagsConfig) -> Self {
         TagState {
             lock: tokio::sync::Mutex::new(()),
@@ -377,6 +381,94 @@ impl Workspace {
         }
         Ok(out)
     }
+}
+
+/// Refreshes `ws`'s tags every `every` while it is open, when it has tag
+/// definitions and persons (the `tags.refresh_interval_secs` schedule).
+pub(crate) fn spawn_schedule(ws: std::sync::Weak<Workspace>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(w) = ws.upgrade() else { return };
+            if w.is_closed() {
+                return;
+            }
+            match w.tag_definitions() {
+                Ok(d) if !d.tags.is_empty() => {}
+                _ => continue,
+            }
+            if let Err(e) = w.refresh_tags(None, &|_| {}).await {
+                tracing::warn!(ws = %w.name(), error = %e, "scheduled tag refresh failed");
+            }
+        }
+    });
+}
+
+/// A person's attributes, traits and tags at the latest index version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PersonProfile {
+    /// The index version (0: never refreshed).
+    pub version: u64,
+    /// Attribute → latest value.
+    pub attributes: Vec<(String, String)>,
+    /// Trait → value (numbers with their decimals).
+    pub traits: Vec<(String, String)>,
+    /// See [`Workspace::person_tags`].
+    pub tags: Vec<(String, String)>,
+}
+
+impl Workspace {
+    /// Person `ordinal`'s profile from the latest index version (in memory:
+    /// a bit test per value, a slice walk per number).
+    pub fn person_profile(&self, ordinal: u32) -> Result<PersonProfile> {
+        let Some(index) = self.tag_index()? else {
+            return Ok(PersonProfile::default());
+        };
+        let defs = self.tag_definitions()?;
+        let o = crate::index::Ordinal(ordinal);
+        let mut traits = Vec::new();
+        for t in crate::profile::TRAITS.iter() {
+            match t.kind {
+                crate::profile::TraitKind::Numeric { .. } => {
+                    if let Some(n) = index.numbers.get(t.name)
+                        && let Some(v) = n.bsi.get(o)
+                    {
+                        traits.push((t.name.to_string(), build::format_scaled(v, n.scale)));
+                    }
+                }
+                crate::profile::TraitKind::Enumerated => {
+                    if let Some(v) = value_of(&index, t.name, ordinal) {
+                        traits.push((t.name.to_string(), v));
+                    }
+                }
+            }
+        }
+        let attributes = index
+            .enums
+            .keys()
+            .filter(|k| crate::profile::trait_def(k).is_none())
+            .filter(|k| {
+                defs.get(k)
+                    .is_none_or(|t| t.source.as_deref() == Some(k.as_str()))
+            })
+            .filter_map(|k| value_of(&index, k, ordinal).map(|v| (k.clone(), v)))
+            .collect();
+        Ok(PersonProfile {
+            version: index.version,
+            attributes,
+            traits,
+            tags: self.person_tags(ordinal)?,
+        })
+    }
+}
+
+fn value_of(index: &IndexSet, name: &str, ordinal: u32) -> Option<String> {
+    index
+        .enums
+        .get(name)?
+        .iter()
+        .find(|(_, b)| b.contains(ordinal))
+        .map(|(v, _)| v.clone())
 }
 
 /// `(count, per value)` of tag `name` in manifest `m`.

@@ -1653,6 +1653,9 @@ pub struct ResolveReport {
     /// Values whose person was recomputed (all of them in a full run).
     #[prost(uint64, tag = "20")]
     pub touched_identifiers: u64,
+    /// The tag index version refreshed after the run (0: none; see `tags.refresh_after_resolve`).
+    #[prost(uint64, tag = "21")]
+    pub tags_version: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1721,6 +1724,27 @@ pub struct Person {
     /// Newest first.
     #[prost(message, repeated, tag = "8")]
     pub latest_events: ::prost::alloc::vec::Vec<SeenEvent>,
+    /// Attributes from profile updates (latest wins), as of the last tag refresh.
+    #[prost(message, repeated, tag = "9")]
+    pub attributes: ::prost::alloc::vec::Vec<NameValue>,
+    /// Computed traits (order_count, total_spend, rfm, ...), as of the last tag refresh.
+    #[prost(message, repeated, tag = "10")]
+    pub traits: ::prost::alloc::vec::Vec<NameValue>,
+    /// Tags the person is in at the latest index version: boolean and manual
+    /// tags with value `true`, enum and numeric tags with their value.
+    #[prost(message, repeated, tag = "11")]
+    pub tags: ::prost::alloc::vec::Vec<NameValue>,
+    /// The index version `tags` come from (0: never refreshed).
+    #[prost(uint64, tag = "12")]
+    pub tags_version: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NameValue {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2289,6 +2313,1025 @@ pub mod identity_service_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "quiver.v1.IdentityService";
     impl<T> tonic::server::NamedService for IdentityServiceServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DefineTagsRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    /// The definitions: `\[behaviour\]` and `\[[tag]\]` tables (or the JSON form).
+    #[prost(string, tag = "2")]
+    pub text: ::prost::alloc::string::String,
+    #[prost(enumeration = "DefinitionFormat", tag = "3")]
+    pub format: i32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TagDefinition {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// `boolean`, `enum`, `numeric`, `manual`.
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub description: ::prost::alloc::string::String,
+    /// Boolean tags: the segment-language rule.
+    #[prost(string, tag = "4")]
+    pub rule: ::prost::alloc::string::String,
+    /// Enum and numeric tags: the attribute or trait.
+    #[prost(string, tag = "5")]
+    pub source: ::prost::alloc::string::String,
+    /// Enum tags: the values indexed (empty: all).
+    #[prost(string, repeated, tag = "6")]
+    pub values: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TagDefinitions {
+    #[prost(message, repeated, tag = "1")]
+    pub tags: ::prost::alloc::vec::Vec<TagDefinition>,
+    /// Properties with per-value behaviour counts.
+    #[prost(string, repeated, tag = "2")]
+    pub dimensions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The definitions as TOML.
+    #[prost(string, tag = "3")]
+    pub toml: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListTagsRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TagSummary {
+    #[prost(message, optional, tag = "1")]
+    pub definition: ::core::option::Option<TagDefinition>,
+    /// At the latest version; unset before the first refresh.
+    #[prost(uint64, optional, tag = "2")]
+    pub count: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "3")]
+    pub persons: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "4")]
+    pub version: ::core::option::Option<u64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListTagsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub tags: ::prost::alloc::vec::Vec<TagSummary>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DropTagRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DropTagResponse {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefreshTagsRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    /// "Now" for windows (`IN LAST n DAYS`), ms since the epoch; 0: the server's clock.
+    #[prost(int64, tag = "2")]
+    pub now_unix_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RefreshTagsUpdate {
+    #[prost(oneof = "refresh_tags_update::Update", tags = "1, 2")]
+    pub update: ::core::option::Option<refresh_tags_update::Update>,
+}
+/// Nested message and enum types in `RefreshTagsUpdate`.
+pub mod refresh_tags_update {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Update {
+        #[prost(message, tag = "1")]
+        Progress(super::ResolveProgress),
+        #[prost(message, tag = "2")]
+        Report(super::RefreshReport),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ValueCount {
+    #[prost(string, tag = "1")]
+    pub value: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TagCoverage {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub count: u64,
+    /// Enum tags: per value.
+    #[prost(message, repeated, tag = "4")]
+    pub values: ::prost::alloc::vec::Vec<ValueCount>,
+    /// Manual tags: listed identifiers no live person holds.
+    #[prost(uint64, tag = "5")]
+    pub unknown_identifiers: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RefreshReport {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(int64, tag = "2")]
+    pub now_unix_ms: i64,
+    #[prost(uint64, tag = "3")]
+    pub events: u64,
+    /// Events none of whose identifiers a live person holds (not resolved yet).
+    #[prost(uint64, tag = "4")]
+    pub unattributed_events: u64,
+    #[prost(uint64, tag = "5")]
+    pub persons: u64,
+    #[prost(message, repeated, tag = "6")]
+    pub tags: ::prost::alloc::vec::Vec<TagCoverage>,
+    #[prost(uint64, tag = "7")]
+    pub behaviour_keys: u64,
+    #[prost(uint64, tag = "8")]
+    pub index_bytes: u64,
+    #[prost(message, repeated, tag = "9")]
+    pub phases: ::prost::alloc::vec::Vec<PhaseTime>,
+    #[prost(double, tag = "10")]
+    pub seconds: f64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ShowTagRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VersionCoverage {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(int64, tag = "2")]
+    pub built_at_unix_ms: i64,
+    #[prost(uint64, tag = "3")]
+    pub persons: u64,
+    #[prost(uint64, tag = "4")]
+    pub count: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub values: ::prost::alloc::vec::Vec<ValueCount>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ShowTagResponse {
+    #[prost(message, optional, tag = "1")]
+    pub definition: ::core::option::Option<TagDefinition>,
+    /// Oldest first.
+    #[prost(message, repeated, tag = "2")]
+    pub versions: ::prost::alloc::vec::Vec<VersionCoverage>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UploadTagRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// `kind:value`, normalised by the server.
+    #[prost(string, repeated, tag = "3")]
+    pub identifiers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UploadTagResponse {
+    #[prost(uint64, tag = "1")]
+    pub identifiers: u64,
+    #[prost(uint64, tag = "2")]
+    pub matched: u64,
+    #[prost(uint64, tag = "3")]
+    pub persons: u64,
+    #[prost(uint64, tag = "4")]
+    pub unknown: u64,
+    #[prost(string, repeated, tag = "5")]
+    pub unknown_examples: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExportTagRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// Enum tags: the value (required); otherwise empty.
+    #[prost(string, tag = "3")]
+    pub value: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExportTagChunk {
+    /// Consecutive pieces of one portable roaring bitmap.
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    /// Set on the first chunk.
+    #[prost(uint64, tag = "2")]
+    pub cardinality: u64,
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum DefinitionFormat {
+    Toml = 0,
+    Json = 1,
+}
+impl DefinitionFormat {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Toml => "DEFINITION_FORMAT_TOML",
+            Self::Json => "DEFINITION_FORMAT_JSON",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DEFINITION_FORMAT_TOML" => Some(Self::Toml),
+            "DEFINITION_FORMAT_JSON" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod tag_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Tags: definitions (TOML or JSON), refreshes into versioned roaring-bitmap
+    /// indexes, coverage per version, manual lists, exported bitmaps.
+    #[derive(Debug, Clone)]
+    pub struct TagServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> TagServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> TagServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            TagServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Adds or replaces tags (checked against the workspace's events; nothing is
+        /// saved when any tag is refused). Returns the definitions in force.
+        pub async fn define(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DefineTagsRequest>,
+        ) -> std::result::Result<tonic::Response<super::TagDefinitions>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.TagService/Define",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.TagService", "Define"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The definitions with their latest coverage.
+        pub async fn list(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListTagsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTagsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.TagService/List",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("quiver.v1.TagService", "List"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Deletes a tag's definition.
+        pub async fn drop(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DropTagRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DropTagResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.TagService/Drop",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("quiver.v1.TagService", "Drop"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Rebuilds profiles, traits and every tag as a new index version. Streams
+        /// progress and ends with the report.
+        pub async fn refresh(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RefreshTagsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::RefreshTagsUpdate>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.TagService/Refresh",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.TagService", "Refresh"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// A tag's definition and its coverage at every kept version.
+        pub async fn show(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ShowTagRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ShowTagResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.TagService/Show",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("quiver.v1.TagService", "Show"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Replaces a manual tag's members with the persons holding these identifiers.
+        pub async fn upload(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UploadTagRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UploadTagResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.TagService/Upload",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.TagService", "Upload"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A tag's (or one enum value's) members at the latest version as a portable
+        /// roaring bitmap of person ordinals, in chunks.
+        pub async fn export(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExportTagRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ExportTagChunk>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.TagService/Export",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.TagService", "Export"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod tag_service_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with TagServiceServer.
+    #[async_trait]
+    pub trait TagService: std::marker::Send + std::marker::Sync + 'static {
+        /// Adds or replaces tags (checked against the workspace's events; nothing is
+        /// saved when any tag is refused). Returns the definitions in force.
+        async fn define(
+            &self,
+            request: tonic::Request<super::DefineTagsRequest>,
+        ) -> std::result::Result<tonic::Response<super::TagDefinitions>, tonic::Status>;
+        /// The definitions with their latest coverage.
+        async fn list(
+            &self,
+            request: tonic::Request<super::ListTagsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTagsResponse>,
+            tonic::Status,
+        >;
+        /// Deletes a tag's definition.
+        async fn drop(
+            &self,
+            request: tonic::Request<super::DropTagRequest>,
+        ) -> std::result::Result<tonic::Response<super::DropTagResponse>, tonic::Status>;
+        /// Server streaming response type for the Refresh method.
+        type RefreshStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::RefreshTagsUpdate, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Rebuilds profiles, traits and every tag as a new index version. Streams
+        /// progress and ends with the report.
+        async fn refresh(
+            &self,
+            request: tonic::Request<super::RefreshTagsRequest>,
+        ) -> std::result::Result<tonic::Response<Self::RefreshStream>, tonic::Status>;
+        /// A tag's definition and its coverage at every kept version.
+        async fn show(
+            &self,
+            request: tonic::Request<super::ShowTagRequest>,
+        ) -> std::result::Result<tonic::Response<super::ShowTagResponse>, tonic::Status>;
+        /// Replaces a manual tag's members with the persons holding these identifiers.
+        async fn upload(
+            &self,
+            request: tonic::Request<super::UploadTagRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UploadTagResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the Export method.
+        type ExportStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ExportTagChunk, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// A tag's (or one enum value's) members at the latest version as a portable
+        /// roaring bitmap of person ordinals, in chunks.
+        async fn export(
+            &self,
+            request: tonic::Request<super::ExportTagRequest>,
+        ) -> std::result::Result<tonic::Response<Self::ExportStream>, tonic::Status>;
+    }
+    /// Tags: definitions (TOML or JSON), refreshes into versioned roaring-bitmap
+    /// indexes, coverage per version, manual lists, exported bitmaps.
+    #[derive(Debug)]
+    pub struct TagServiceServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> TagServiceServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for TagServiceServer<T>
+    where
+        T: TagService,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/quiver.v1.TagService/Define" => {
+                    #[allow(non_camel_case_types)]
+                    struct DefineSvc<T: TagService>(pub Arc<T>);
+                    impl<
+                        T: TagService,
+                    > tonic::server::UnaryService<super::DefineTagsRequest>
+                    for DefineSvc<T> {
+                        type Response = super::TagDefinitions;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DefineTagsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TagService>::define(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DefineSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.TagService/List" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListSvc<T: TagService>(pub Arc<T>);
+                    impl<
+                        T: TagService,
+                    > tonic::server::UnaryService<super::ListTagsRequest>
+                    for ListSvc<T> {
+                        type Response = super::ListTagsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListTagsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TagService>::list(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.TagService/Drop" => {
+                    #[allow(non_camel_case_types)]
+                    struct DropSvc<T: TagService>(pub Arc<T>);
+                    impl<
+                        T: TagService,
+                    > tonic::server::UnaryService<super::DropTagRequest> for DropSvc<T> {
+                        type Response = super::DropTagResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DropTagRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TagService>::drop(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DropSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.TagService/Refresh" => {
+                    #[allow(non_camel_case_types)]
+                    struct RefreshSvc<T: TagService>(pub Arc<T>);
+                    impl<
+                        T: TagService,
+                    > tonic::server::ServerStreamingService<super::RefreshTagsRequest>
+                    for RefreshSvc<T> {
+                        type Response = super::RefreshTagsUpdate;
+                        type ResponseStream = T::RefreshStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RefreshTagsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TagService>::refresh(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RefreshSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.TagService/Show" => {
+                    #[allow(non_camel_case_types)]
+                    struct ShowSvc<T: TagService>(pub Arc<T>);
+                    impl<
+                        T: TagService,
+                    > tonic::server::UnaryService<super::ShowTagRequest> for ShowSvc<T> {
+                        type Response = super::ShowTagResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ShowTagRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TagService>::show(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ShowSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.TagService/Upload" => {
+                    #[allow(non_camel_case_types)]
+                    struct UploadSvc<T: TagService>(pub Arc<T>);
+                    impl<
+                        T: TagService,
+                    > tonic::server::UnaryService<super::UploadTagRequest>
+                    for UploadSvc<T> {
+                        type Response = super::UploadTagResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UploadTagRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TagService>::upload(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UploadSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.TagService/Export" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExportSvc<T: TagService>(pub Arc<T>);
+                    impl<
+                        T: TagService,
+                    > tonic::server::ServerStreamingService<super::ExportTagRequest>
+                    for ExportSvc<T> {
+                        type Response = super::ExportTagChunk;
+                        type ResponseStream = T::ExportStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExportTagRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TagService>::export(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExportSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for TagServiceServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "quiver.v1.TagService";
+    impl<T> tonic::server::NamedService for TagServiceServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

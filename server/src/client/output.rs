@@ -194,7 +194,7 @@ pub fn gen_summary(s: &quiver_data::GenSummary, json: bool) {
     }
 }
 
-fn time_ms(ms: i64) -> String {
+pub fn time_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_default()
@@ -208,7 +208,7 @@ pub fn resolve_report_json(r: &pb::ResolveReport) -> serde_json::Value {
         "edges": r.edges, "persons": r.persons, "previous_persons": r.previous_persons,
         "new_persons": r.new_persons, "merges": r.merges, "splits": r.splits, "kept": r.kept,
         "quarantined_count": r.quarantined_count, "refused_count": r.refused_count,
-        "blocked": r.blocked, "seconds": r.seconds,
+        "blocked": r.blocked, "seconds": r.seconds, "tags_version": r.tags_version,
         "quarantined": r.quarantined.iter().map(|q| serde_json::json!({
             "kind": q.kind, "value": q.value, "persons": q.persons, "limit": q.limit,
         })).collect::<Vec<_>>(),
@@ -304,6 +304,10 @@ pub fn person(p: &pb::Person, json: bool) {
                 "first_seen_unix_ms": i.first_seen_unix_ms, "last_seen_unix_ms": i.last_seen_unix_ms,
             })).collect::<Vec<_>>(),
             "latest_events": p.latest_events.iter().map(event_json).collect::<Vec<_>>(),
+            "attributes": name_values_json(&p.attributes),
+            "traits": name_values_json(&p.traits),
+            "tags": name_values_json(&p.tags),
+            "tags_version": p.tags_version,
         });
         println!("{v}");
         return;
@@ -328,6 +332,23 @@ pub fn person(p: &pb::Person, json: bool) {
         ]);
     }
     println!("{t}");
+    if p.tags_version > 0 {
+        let mut t = Table::new();
+        t.set_header(["attribute / trait / tag", "value"]);
+        for list in [&p.attributes, &p.traits] {
+            for nv in list {
+                t.add_row([nv.name.clone(), nv.value.clone()]);
+            }
+        }
+        for nv in &p.tags {
+            t.add_row([format!("tag {}", nv.name), nv.value.clone()]);
+        }
+        println!("{t}");
+        println!(
+            "  (profile and tags as of index version {})",
+            p.tags_version
+        );
+    }
     let mut t = Table::new();
     t.set_header(["latest events", "channel", "type", "event id"]);
     for e in &p.latest_events {
@@ -339,6 +360,13 @@ pub fn person(p: &pb::Person, json: bool) {
         ]);
     }
     println!("{t}");
+}
+
+fn name_values_json(v: &[pb::NameValue]) -> serde_json::Value {
+    v.iter()
+        .map(|nv| (nv.name.clone(), serde_json::Value::String(nv.value.clone())))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// `quiver explain`.

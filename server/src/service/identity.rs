@@ -26,7 +26,7 @@ fn ms(micros: i64) -> i64 {
     micros.div_euclid(1000)
 }
 
-fn report(r: ResolveReport) -> pb::ResolveReport {
+pub(crate) fn report(r: ResolveReport) -> pb::ResolveReport {
     pb::ResolveReport {
         run: r.run,
         dry_run: r.dry_run,
@@ -74,6 +74,7 @@ fn report(r: ResolveReport) -> pb::ResolveReport {
         seconds: r.elapsed.as_secs_f64(),
         incremental: r.incremental,
         touched_identifiers: r.touched_identifiers,
+        tags_version: r.tags_version.unwrap_or(0),
     }
 }
 
@@ -106,7 +107,17 @@ fn person(p: PersonView) -> pb::Person {
         first_seen_unix_ms: ms(p.first_seen),
         last_seen_unix_ms: ms(p.last_seen),
         latest_events: p.latest_events.into_iter().map(event).collect(),
+        attributes: name_values(p.attributes),
+        traits: name_values(p.traits),
+        tags: name_values(p.tags),
+        tags_version: p.tags_version,
     }
+}
+
+fn name_values(v: Vec<(String, String)>) -> Vec<pb::NameValue> {
+    v.into_iter()
+        .map(|(name, value)| pb::NameValue { name, value })
+        .collect()
 }
 
 fn explanation(e: Explanation) -> pb::Explanation {

@@ -6,6 +6,7 @@ pub mod flight;
 pub mod identity;
 pub mod ingest;
 pub mod query;
+pub mod tag;
 pub mod workspace;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use quiver_engine::Engine;
 use quiver_proto::v1::identity_service_server::IdentityServiceServer;
 use quiver_proto::v1::ingest_service_server::IngestServiceServer;
 use quiver_proto::v1::query_service_server::QueryServiceServer;
+use quiver_proto::v1::tag_service_server::TagServiceServer;
 use quiver_proto::v1::workspace_service_server::WorkspaceServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -45,6 +47,7 @@ pub async fn serve(
     health
         .set_serving::<IdentityServiceServer<identity::Identity>>()
         .await;
+    health.set_serving::<TagServiceServer<tag::Tags>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -63,6 +66,10 @@ pub async fn serve(
     let identity = IdentityServiceServer::new(identity::Identity {
         engine: engine.clone(),
     });
+    let tags = TagServiceServer::new(tag::Tags {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let flight = FlightServiceServer::new(flight::Flight {
         engine: engine.clone(),
     })
@@ -82,6 +89,7 @@ pub async fn serve(
         .add_service(query)
         .add_service(flight)
         .add_service(identity)
+        .add_service(tags)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
