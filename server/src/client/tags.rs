@@ -343,7 +343,7 @@ pub fn print_refresh(r: &pb::RefreshReport, json: bool) {
         return;
     }
     println!(
-        "tags refreshed: version {}, {} persons, {} events ({} not yet resolved), {} behaviour keys, {:.1} MiB of index",
+        "tags refreshed: version {}, {} persons, {} events ({} with no identifier in a person: quarantined, blocklisted or newer than the last resolve), {} behaviour keys, {:.1} MiB of index",
         r.version,
         r.persons,
         r.events,
