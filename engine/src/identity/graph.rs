@@ -62,11 +62,20 @@ pub(crate) fn key_hash(kind: &str, value: &str) -> u64 {
 /// The 128-bit content hash of `(kind, value)`: the key values are looked up
 /// by across runs (collisions are not a practical concern at this width).
 pub(crate) fn key128(kind: &str, value: &str) -> u128 {
-    let mut buf = Vec::with_capacity(kind.len() + value.len() + 1);
-    buf.extend_from_slice(kind.as_bytes());
-    buf.push(0x1f);
-    buf.extend_from_slice(value.as_bytes());
-    xxhash_rust::xxh3::xxh3_128(&buf)
+    // Most keys fit on the stack: no allocation per identifier.
+    let n = kind.len() + value.len() + 1;
+    let mut stack = [0u8; 128];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if n <= stack.len() {
+        &mut stack[..n]
+    } else {
+        heap.resize(n, 0);
+        &mut heap
+    };
+    buf[..kind.len()].copy_from_slice(kind.as_bytes());
+    buf[kind.len()] = 0x1f;
+    buf[kind.len() + 1..].copy_from_slice(value.as_bytes());
+    xxhash_rust::xxh3::xxh3_128(buf)
 }
 
 fn edge_key(a: u32, b: u32) -> u64 {

@@ -95,6 +95,37 @@ impl Bsi {
         }
     }
 
+    /// Builds the index from values sorted by ordinal, each ordinal once.
+    pub fn from_sorted_values(values: &[(Ordinal, i64)]) -> Self {
+        let Some(base) = values.iter().map(|(_, v)| *v).min() else {
+            return Bsi::default();
+        };
+        let max = values
+            .iter()
+            .map(|(_, v)| offset(*v, base))
+            .max()
+            .unwrap_or(0);
+        let bits = (u64::BITS - max.leading_zeros()) as usize;
+        let mut slices = vec![RoaringBitmap::new(); bits];
+        for (o, v) in values {
+            let mut x = offset(*v, base);
+            while x != 0 {
+                let bit = x.trailing_zeros() as usize;
+                if slices[bit].try_push(o.0).is_err() {
+                    slices[bit].insert(o.0);
+                }
+                x &= x - 1;
+            }
+        }
+        let exists = RoaringBitmap::from_sorted_iter(values.iter().map(|(o, _)| o.0))
+            .unwrap_or_else(|_| values.iter().map(|(o, _)| o.0).collect());
+        Bsi {
+            base,
+            exists,
+            slices,
+        }
+    }
+
     /// The per-person sum of two indexes, a person missing from one counting
     /// as 0 there (how per-day behaviour counts add up over a window). A
     /// ripple-carry adder over the bit slices: a few bitmap operations per

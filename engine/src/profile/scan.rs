@@ -177,8 +177,10 @@ fn bump(counts: &mut Vec<(u32, u32)>, id: u32) {
 struct Slots {
     /// Slot of each event type id.
     by_type: Vec<usize>,
-    /// (type id, dimension index, value) → slot.
-    by_dim: hashbrown::HashMap<(u32, usize, String), usize>,
+    /// (type id, dimension index, value id) → slot.
+    by_dim: hashbrown::HashMap<(u32, usize, u32), usize>,
+    /// Each dimension's values.
+    dim_values: Vec<Interner>,
 }
 
 /// Reads every event of the workspace (Delta, after a flush) once.
@@ -209,6 +211,7 @@ pub(crate) async fn scan(
     let mut slots = Slots {
         by_type: Vec::new(),
         by_dim: hashbrown::HashMap::new(),
+        dim_values: vec![Interner::default(); plan.dimensions.len()],
     };
     let ctx = datafusion::prelude::SessionContext::new();
     let df = ctx
@@ -389,7 +392,8 @@ fn add_batch(
                 None => prop_of(row, dim),
             };
             let Some(value) = value else { continue };
-            let slot = match slots.by_dim.get(&(type_id, d, value.to_string())) {
+            let value_id = slots.dim_values[d].intern(value);
+            let slot = match slots.by_dim.get(&(type_id, d, value_id)) {
                 Some(&slot) => slot,
                 None => {
                     let slot = s.behaviour.len();
@@ -397,7 +401,7 @@ fn add_batch(
                         BehaviourKey::new(event_type, vec![(dim.clone(), value.to_string())]),
                         Vec::new(),
                     ));
-                    slots.by_dim.insert((type_id, d, value.to_string()), slot);
+                    slots.by_dim.insert((type_id, d, value_id), slot);
                     slot
                 }
             };

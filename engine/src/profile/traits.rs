@@ -156,29 +156,73 @@ impl Derived {
             .collect()
     }
 
-    /// Every enumerated trait and attribute: name → value → persons.
+    /// Every enumerated trait and attribute: name → value → persons. Values
+    /// are grouped by id first; bitmaps are filled in ascending ordinal order
+    /// (appends, no search).
     pub fn enumerated(
         &self,
         s: &Scan,
         live: &RoaringBitmap,
     ) -> BTreeMap<String, BTreeMap<String, RoaringBitmap>> {
-        let mut out: BTreeMap<String, BTreeMap<String, RoaringBitmap>> = BTreeMap::new();
-        for t in TRAITS.iter().filter(|t| t.kind == TraitKind::Enumerated) {
-            let by_value = out.entry(t.name.to_string()).or_default();
-            for o in live.iter().filter(|&o| (o as usize) < s.events.len()) {
-                if let Some(v) = self.label(s, t.name, o as usize) {
-                    by_value.entry(v).or_default().insert(o);
-                }
+        fn push(b: &mut RoaringBitmap, o: u32) {
+            if b.try_push(o).is_err() {
+                b.insert(o);
             }
         }
-        for o in live.iter().filter(|&o| (o as usize) < s.events.len()) {
-            for &(key, _, value) in &s.attributes[o as usize] {
-                out.entry(s.attr_keys.names[key as usize].clone())
-                    .or_default()
-                    .entry(s.attr_values.names[value as usize].clone())
-                    .or_default()
-                    .insert(o);
+        let n = s.events.len();
+        let live: Vec<u32> = live.iter().filter(|&o| (o as usize) < n).collect();
+        let by_id = |ids: &dyn Fn(usize) -> u32, names: &[String]| {
+            let mut bitmaps = vec![RoaringBitmap::new(); names.len()];
+            for &o in &live {
+                let id = ids(o as usize);
+                if let Some(b) = bitmaps.get_mut(id as usize) {
+                    push(b, o);
+                }
             }
+            names
+                .iter()
+                .cloned()
+                .zip(bitmaps)
+                .filter(|(_, b)| !b.is_empty())
+                .collect::<BTreeMap<String, RoaringBitmap>>()
+        };
+        let mut out: BTreeMap<String, BTreeMap<String, RoaringBitmap>> = BTreeMap::new();
+        out.insert(
+            "preferred_channel".into(),
+            by_id(&|p| self.preferred_channel[p], &s.channels.names),
+        );
+        out.insert(
+            "preferred_category".into(),
+            by_id(&|p| self.preferred_category[p], &s.categories.names),
+        );
+        out.insert(
+            "registered_channel".into(),
+            by_id(&|p| s.registered[p].1, &s.channels.names),
+        );
+        let codes: Vec<String> = (0..125)
+            .map(|i| format!("{}{}{}", i / 25 + 1, i / 5 % 5 + 1, i % 5 + 1))
+            .collect();
+        out.insert(
+            "rfm".into(),
+            by_id(
+                &|p| {
+                    self.rfm[p].map_or(u32::MAX, |(r, f, m)| {
+                        u32::from(r - 1) * 25 + u32::from(f - 1) * 5 + u32::from(m - 1)
+                    })
+                },
+                &codes,
+            ),
+        );
+        let mut attrs: hashbrown::HashMap<(u32, u32), RoaringBitmap> = hashbrown::HashMap::new();
+        for &o in &live {
+            for &(key, _, value) in &s.attributes[o as usize] {
+                push(attrs.entry((key, value)).or_default(), o);
+            }
+        }
+        for ((key, value), b) in attrs {
+            out.entry(s.attr_keys.names[key as usize].clone())
+                .or_default()
+                .insert(s.attr_values.names[value as usize].clone(), b);
         }
         out
     }

@@ -168,7 +168,16 @@ impl Workspace {
         };
         set.numbers = numbers;
         set.enums = enums;
-        profile::write_tables(self.dir(), &persons, &scan, &derived).await?;
+        // The profile tables are written while the behaviour counts build.
+        let tables_task = {
+            let (dir, p, s, d) = (
+                self.dir().to_path_buf(),
+                persons.clone(),
+                scan.clone(),
+                derived.clone(),
+            );
+            tokio::spawn(async move { profile::write_tables(&dir, &p, &s, &d).await })
+        };
         progress(Progress {
             phase: "traits",
             done: set.live.len(),
@@ -192,6 +201,9 @@ impl Workspace {
             .map_err(|e| Error::Internal(format!("behaviour task: {e}")))??
         };
         set.behaviour = behaviour;
+        tables_task
+            .await
+            .map_err(|e| Error::Internal(format!("profile table task: {e}")))??;
         let events = scan.read;
         let unattributed = scan.unattributed;
         drop(scan);

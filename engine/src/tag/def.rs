@@ -46,7 +46,9 @@ pub struct TagDefinitions {
     pub tags: Vec<TagDef>,
 }
 
-/// Properties whose every value gets per-day behaviour counts.
+/// Properties whose every value gets per-day behaviour counts (default:
+/// `category`; each dimension adds one key per (event type, value), so the
+/// index grows with every dimension).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BehaviourConfig {
@@ -57,7 +59,7 @@ pub struct BehaviourConfig {
 impl Default for BehaviourConfig {
     fn default() -> Self {
         BehaviourConfig {
-            dimensions: vec!["category".into(), "channel".into()],
+            dimensions: vec!["category".into()],
         }
     }
 }
