@@ -362,11 +362,19 @@ fn add_batch(
                         at: t,
                         event_id: event_ids.value(row).to_string(),
                     });
+                    let names = &s.attr_values.names;
                     let attrs = &mut s.attributes[p];
                     match attrs.iter_mut().find(|(k, _, _)| *k == key) {
-                        // Latest by event time; ties go to the larger value, so
-                        // the result does not depend on read order.
-                        Some(slot) if (t, value) > (slot.1, slot.2) => *slot = (key, t, value),
+                        // Latest by event time; ties go to the larger value (as
+                        // text: ids are interned in read order), so the result
+                        // does not depend on read order.
+                        Some(slot)
+                            if t > slot.1
+                                || (t == slot.1
+                                    && names[value as usize] > names[slot.2 as usize]) =>
+                        {
+                            *slot = (key, t, value)
+                        }
                         Some(_) => {}
                         None => attrs.push((key, t, value)),
                     }
