@@ -5,6 +5,7 @@ mod bad_input;
 mod crash;
 mod identity;
 mod ingest;
+mod tags;
 
 /// Points the support code at the binary cargo built for this test run.
 fn init() {

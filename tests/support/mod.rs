@@ -13,6 +13,9 @@ use futures::StreamExt;
 use quiver_proto::v1 as pb;
 use tonic::transport::Channel;
 
+/// The bitmap type of exported tags (`quiver tags export`), for tests that read them back.
+pub use roaring::RoaringBitmap;
+
 static BIN: OnceLock<PathBuf> = OnceLock::new();
 
 /// Tells the support code where cargo built `quiver` (`env!("CARGO_BIN_EXE_quiver")`).
