@@ -52,23 +52,6 @@ fn resolve(
     ))
 }
 
-/// Loads event files into workspace `shop` over Flight `DoPut`.
-fn ingest(server: &Server, bin: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
-    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-    let mut a = vec![
-        "--workspace",
-        "shop",
-        "--json",
-        "ingest",
-        "--quiet",
-        "--transport",
-        "flight",
-    ];
-    a.extend(names.iter().map(String::as_str));
-    server.cli(bin, &a)?;
-    Ok(())
-}
-
 fn accuracy(
     server: &Server,
     bin: &Path,
@@ -90,14 +73,6 @@ fn accuracy(
         (s("kind"), s("value"), s("person_id"))
     });
     Ok(quiver_data::pairwise(truth, predicted))
-}
-
-/// Peak resident memory of a process, from `/proc/<pid>/status` (MiB).
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 /// The latest identity snapshot's links as Parquet `src, dst` (uint32); returns (path, nodes).
@@ -141,24 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .join(&args.out)
         .join(format!("identity-{}", args.persons));
     let gen_dir = base.join("gen-parquet");
-    if !gen_dir.join("manifest.json").exists() {
-        let t = Instant::now();
-        let st = std::process::Command::new(&bin)
-            .args([
-                "gen",
-                "--persons",
-                &args.persons.to_string(),
-                "--seed",
-                "42",
-                "--format",
-                "parquet",
-                "--out",
-            ])
-            .arg(&gen_dir)
-            .status()?;
-        anyhow::ensure!(st.success(), "quiver gen failed");
-        println!("generated in {:.1}s", t.elapsed().as_secs_f64());
-    }
+    util::generate_parquet(&bin, &gen_dir, args.persons)?;
     let truth = quiver_data::read_truth(&gen_dir.join("truth.parquet"))?;
     let data = base.join("quiver-data");
     let _ = std::fs::remove_dir_all(&data);
@@ -170,7 +128,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let server = Server::start(&bin, &data)?;
         server.cli(&bin, &["workspace", "create", "shop"])?;
         let t = Instant::now();
-        ingest(&server, &bin, first)?;
+        util::ingest_flight(&server, &bin, first)?;
         server.cli(&bin, &["--workspace", "shop", "workspace", "flush"])?;
         println!(
             "loaded {} files in {:.1}s",
@@ -183,7 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = Server::start(&bin, &data)?;
     let mut rows = Vec::new();
     let (r, wall) = resolve(&server, &bin, &[])?;
-    let rss = server.pid().and_then(peak_rss_mib);
+    let rss = server.pid().and_then(|p| util::proc_mib(p, "VmHWM:"));
     println!("resolve (full, first run): {r}");
     let acc = accuracy(&server, &bin, &truth)?;
     println!("accuracy with rules: {acc:?}");
@@ -231,7 +189,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (links, nodes) = export_links(&data.join("workspaces/shop"), &base)?;
 
     // Incremental: the held-back file, then a full run that must agree.
-    ingest(&server, &bin, held)?;
+    util::ingest_flight(&server, &bin, held)?;
     let (inc, inc_wall) = resolve(&server, &bin, &[])?;
     println!("resolve (incremental): {inc}");
     rows.push(Row {

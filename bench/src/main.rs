@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p quiver-bench -- ingest --persons 1000000
 //! cargo run --release -p quiver-bench -- identity --persons 1000000
+//! cargo run --release -p quiver-bench -- tags --persons 1000000
 //! ```
 //!
 //! Peers run as Python scripts in `bench/peers/` (DuckDB, chDB from PyPI;
@@ -18,6 +19,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 mod identity;
 mod ingest;
+mod tags;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,8 @@ enum Command {
     Ingest(ingest::Args),
     /// OneID accuracy against truth and job time vs naive CC, DuckDB SQL label propagation, scipy.
     Identity(identity::Args),
+    /// Seed-tag refresh (time, peak RSS) vs DuckDB GROUP BYs on the same Delta tables; sets must match.
+    Tags(tags::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +52,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Ingest(args) => rt.block_on(ingest::run(args)),
         Command::Identity(args) => rt.block_on(identity::run(args)),
+        Command::Tags(args) => rt.block_on(tags::run(args)),
     }
 }

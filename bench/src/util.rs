@@ -158,3 +158,46 @@ pub fn files_in(dir: &Path, prefix: &str, ext: &str) -> anyhow::Result<Vec<PathB
     v.sort();
     Ok(v)
 }
+
+/// Loads event files into workspace `shop` over Flight `DoPut`.
+pub fn ingest_flight(server: &Server, bin: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let mut a = vec![
+        "--workspace",
+        "shop",
+        "--json",
+        "ingest",
+        "--quiet",
+        "--transport",
+        "flight",
+    ];
+    a.extend(names.iter().map(String::as_str));
+    server.cli(bin, &a)?;
+    Ok(())
+}
+
+/// One field of `/proc/<pid>/status` (`VmHWM:` peak, `VmRSS:` now), in MiB.
+pub fn proc_mib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `quiver gen --persons N --seed 42 --format parquet --out DIR`, unless DIR
+/// already holds that data (its `manifest.json`).
+pub fn generate_parquet(bin: &Path, dir: &Path, persons: u64) -> anyhow::Result<()> {
+    if dir.join("manifest.json").exists() {
+        println!("reusing generated data in {}", dir.display());
+        return Ok(());
+    }
+    let t = std::time::Instant::now();
+    let st = Command::new(bin)
+        .args(["gen", "--persons", &persons.to_string(), "--seed", "42"])
+        .args(["--format", "parquet", "--out"])
+        .arg(dir)
+        .status()?;
+    anyhow::ensure!(st.success(), "quiver gen failed");
+    println!("generated in {:.1}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
