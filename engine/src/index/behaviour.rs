@@ -55,7 +55,7 @@ impl fmt::Display for BehaviourKey {
 }
 
 const QBDC_MAGIC: &[u8; 4] = b"QBDC";
-const QBDC_VERSION: u32 = 1;
+const QBDC_VERSION: u32 = 2;
 
 /// Days per block grow by this factor per level: 1, 8, 64, 512 days.
 const FAN_OUT: usize = 8;
@@ -174,7 +174,7 @@ impl DailyCounts {
     }
 
     /// Writes the counts as a `QBDC` file: magic `QBDC`, `u32` format version
-    /// (1), `i32` first day, `u32` fan-out (8), `u32` number of levels, then
+    /// (2; version 1 had no fan-out field and blocks of 2^k days), `i32` first day, `u32` fan-out (8), `u32` number of levels, then
     /// per level a `u32` count and that many `QBSI` indexes
     /// ([`Bsi::write_to`], each with its own CRC-32); all integers
     /// little-endian. Level 0 holds one index per day, level `k` the sums over
