@@ -214,24 +214,26 @@ pub(crate) async fn scan(
         dim_values: vec![Interner::default(); plan.dimensions.len()],
     };
     let ctx = datafusion::prelude::SessionContext::new();
+    // The typed property columns are read only when they are dimensions.
+    let mut columns = vec![
+        "event_id",
+        "event_time",
+        "channel",
+        "event_type",
+        "identifiers",
+        "category",
+        "amount",
+        "properties",
+        "event_date",
+    ];
+    columns.extend(
+        ["sku", "currency", "store_id", "campaign", "page"]
+            .into_iter()
+            .filter(|c| plan.dimensions.iter().any(|d| d == c)),
+    );
     let df = ctx
         .read_table(table_provider(&table).await?)?
-        .select_columns(&[
-            "event_id",
-            "event_time",
-            "channel",
-            "event_type",
-            "identifiers",
-            "category",
-            "amount",
-            "properties",
-            "event_date",
-            "sku",
-            "currency",
-            "store_id",
-            "campaign",
-            "page",
-        ])?;
+        .select_columns(&columns)?;
     let mut stream = df.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         add_batch(&mut s, &mut slots, &batch?, persons, plan)?;

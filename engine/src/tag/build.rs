@@ -90,7 +90,7 @@ impl Workspace {
         let now = now.unwrap_or_else(crate::store::now_micros);
         let now_day = now.div_euclid(DAY_US) as i32;
         let defs = self.tag_definitions()?;
-        let order = defs.check(&self.catalog().await?)?;
+        let order = defs.check(&self.checked_catalog().await?)?;
         let rules = self.identity_rules()?;
         let persons = PersonMap::load(self, &rules).await?.ok_or_else(|| {
             Error::invalid(

@@ -425,7 +425,7 @@ enum FieldKind {
 }
 
 /// What the workspace's data holds, to check definitions against.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalog {
     /// Event types seen in events, and the standard ones.
     pub event_types: BTreeSet<String>,

@@ -98,6 +98,9 @@ pub struct UploadReport {
     pub unknown_examples: Vec<String>,
 }
 
+/// The catalog saved beside the definitions (`tags/catalog.json`).
+const CATALOG_FILE: &str = "catalog.json";
+
 impl Workspace {
     fn tags_dir(&self) -> PathBuf {
         self.dir().join("tags")
@@ -117,10 +120,31 @@ impl Workspace {
         }
     }
 
-    fn save_definitions(&self, defs: &TagDefinitions) -> Result<()> {
+    /// Saves the definitions and the catalog they were checked against.
+    fn save_definitions(&self, defs: &TagDefinitions, catalog: &Catalog) -> Result<()> {
+        let json = serde_json::to_vec(catalog).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::index::write_file_atomic(&self.tags_dir().join(CATALOG_FILE), &json)?;
         let path = self.tags_dir().join("definitions.toml");
         let text = defs.to_toml()?;
         crate::index::write_file_atomic(&path, text.as_bytes())
+    }
+
+    /// The catalog the saved definitions were checked against, else (none
+    /// saved, or unreadable) one read from the events. Events are only ever
+    /// added, so a catalog saved at `define` is a subset of today's and the
+    /// definitions it accepted still pass: a refresh reuses it instead of
+    /// two scans of `events`.
+    pub(crate) async fn checked_catalog(&self) -> Result<Catalog> {
+        let path = self.tags_dir().join(CATALOG_FILE);
+        if let Ok(bytes) = std::fs::read(&path) {
+            match serde_json::from_slice(&bytes) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(ws = %self.name(), path = %path.display(), error = %e, "unreadable tag catalog; reading the events instead")
+                }
+            }
+        }
+        self.catalog().await
     }
 
     /// Event types and attributes the workspace's events hold.
@@ -160,8 +184,9 @@ impl Workspace {
     pub async fn define_tags(&self, new: &TagDefinitions) -> Result<TagDefinitions> {
         let _g = self.tag_state().lock.lock().await;
         let merged = self.tag_definitions()?.merged(new);
-        merged.check(&self.catalog().await?)?;
-        self.save_definitions(&merged)?;
+        let catalog = self.catalog().await?;
+        merged.check(&catalog)?;
+        self.save_definitions(&merged, &catalog)?;
         Ok(merged)
     }
 
@@ -177,10 +202,11 @@ impl Workspace {
                 name: name.into(),
             });
         }
-        if let Err(e) = defs.check(&self.catalog().await?) {
+        let catalog = self.catalog().await?;
+        if let Err(e) = defs.check(&catalog) {
             return Err(Error::invalid("name", format!("cannot drop `{name}`: {e}")));
         }
-        self.save_definitions(&defs)?;
+        self.save_definitions(&defs, &catalog)?;
         let manual = self.tags_dir().join("manual").join(format!("{name}.txt"));
         let _ = std::fs::remove_file(manual);
         Ok(())
