@@ -174,7 +174,8 @@ impl DailyCounts {
     }
 
     /// Writes the counts as a `QBDC` file: magic `QBDC`, `u32` format version
-    /// (2; version 1 had no fan-out field and blocks of 2^k days), `i32` first day, `u32` fan-out (8), `u32` number of levels, then
+    /// (2; version 1 had no fan-out field and blocks of 2^k days), `i32`
+    /// first day, `u32` fan-out (8), `u32` number of levels, then
     /// per level a `u32` count and that many `QBSI` indexes
     /// ([`Bsi::write_to`], each with its own CRC-32); all integers
     /// little-endian. Level 0 holds one index per day, level `k` the sums over
