@@ -16,7 +16,6 @@
 //! a fresh server takes to load that version.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -246,33 +245,6 @@ fn read_ordinals(path: &Path) -> anyhow::Result<RoaringBitmap> {
     Ok(bitmap)
 }
 
-/// Runs `bench/peers/<script>` with python3 under `/usr/bin/time -v` when
-/// there is one; returns its JSON output (last line) and its peak RSS (MiB).
-fn peer(script: &str, args: &[&str]) -> anyhow::Result<(serde_json::Value, Option<f64>)> {
-    let path = util::root().join("bench/peers").join(script);
-    let time = Path::new("/usr/bin/time");
-    let mut cmd = if time.exists() {
-        let mut c = Command::new(time);
-        c.args(["-v", "python3"]);
-        c
-    } else {
-        Command::new("python3")
-    };
-    let out = cmd.arg(&path).args(args).output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        anyhow::bail!("{script}: {stderr}");
-    }
-    let rss = stderr
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
-        .and_then(|kb| kb.trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0);
-    let text = String::from_utf8(out.stdout)?;
-    let last = text.lines().last().unwrap_or("{}");
-    Ok((serde_json::from_str(last)?, rss))
-}
-
 fn phases(r: &serde_json::Value) -> String {
     r["phases"]
         .as_array()
@@ -468,7 +440,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&peer_out);
         let peer_out_s = peer_out.display().to_string();
         let runs = args.runs.to_string();
-        let (r, time_rss) = peer("duckdb_tags.py", &[&ws, &now, &peer_out_s, &runs])?;
+        let (r, time_rss) =
+            util::peer_with_rss("duckdb_tags.py", &[&ws, &now, &peer_out_s, &runs])?;
         println!("DuckDB: {r}");
         let rss = time_rss.or_else(|| r["max_rss_mib"].as_f64());
         let runs: Vec<f64> = r["runs"]

@@ -136,14 +136,37 @@ impl Drop for Server {
 
 /// Runs `bench/peers/<script>` with python3; returns its JSON output (last line).
 pub fn peer(script: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    Ok(peer_with_rss(script, args)?.0)
+}
+
+/// [`peer`], under `/usr/bin/time -v` when there is one; also returns the
+/// script's peak RSS (MiB) as `time` saw it.
+pub fn peer_with_rss(
+    script: &str,
+    args: &[&str],
+) -> anyhow::Result<(serde_json::Value, Option<f64>)> {
     let path = root().join("bench/peers").join(script);
-    let out = Command::new("python3").arg(&path).args(args).output()?;
+    let time = Path::new("/usr/bin/time");
+    let mut cmd = if time.exists() {
+        let mut c = Command::new(time);
+        c.args(["-v", "python3"]);
+        c
+    } else {
+        Command::new("python3")
+    };
+    let out = cmd.arg(&path).args(args).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("{script}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("{script}: {stderr}");
     }
+    let rss = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+        .and_then(|kb| kb.trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0);
     let text = String::from_utf8(out.stdout)?;
     let last = text.lines().last().unwrap_or("{}");
-    Ok(serde_json::from_str(last)?)
+    Ok((serde_json::from_str(last)?, rss))
 }
 
 /// Flushes the OS page cache is not possible without root tricks; we note warm cache.
