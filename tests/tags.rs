@@ -402,6 +402,11 @@ async fn seed_tags_match_counts_rebuilt_from_sql() {
     let report = shop.refresh();
     assert_eq!(report["version"], 1, "{report}");
     assert_eq!(report["now_unix_ms"], NOW_MS, "{report}");
+    assert_eq!(
+        report["incremental"], false,
+        "the first refresh reads everything"
+    );
+    assert_eq!(report["events_read"], report["events"], "{report}");
 
     let model = Model::build(&shop);
     assert_eq!(report["events"], model.events, "{report}");
@@ -494,6 +499,7 @@ async fn seed_tags_match_counts_rebuilt_from_sql() {
         .refresh(pb::RefreshTagsRequest {
             workspace: "shop".into(),
             now_unix_ms: NOW_MS,
+            full: false,
         })
         .await
         .unwrap()
@@ -516,6 +522,9 @@ async fn seed_tags_match_counts_rebuilt_from_sql() {
     assert!(progress > 0, "no progress before the report");
     assert_eq!(second.version, 2);
     assert_eq!(second.persons, persons);
+    // Nothing new since the first: it starts from that refresh's state.
+    assert!(second.incremental && second.events_read == 0, "{second:?}");
+    assert_eq!(second.events, report["events"].as_u64().unwrap());
     let names: Vec<&str> = second.tags.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, SEED_TAGS);
     for t in &second.tags {

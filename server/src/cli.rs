@@ -107,12 +107,16 @@ pub enum TagsAction {
     },
     /// List tags with their coverage at the latest version.
     List,
-    /// Rebuild profiles, traits and every tag as a new index version.
+    /// Bring profiles, traits and every tag up to date as a new index
+    /// version (incremental when it can be).
     Refresh {
         /// "Now" for windows such as `IN LAST 7 DAYS` (end of that UTC day);
         /// default: the server's clock.
         #[arg(long)]
         now: Option<chrono::NaiveDate>,
+        /// Read every event even when an incremental refresh could run.
+        #[arg(long)]
+        full: bool,
     },
     /// A tag's definition and coverage (count, % of persons) per kept version.
     Show {

@@ -200,7 +200,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .and_hms_opt(23, 59, 59)
         .map(|t| t.and_utc().timestamp_millis())
         .unwrap_or_default();
-    let tags = client::tags::refresh(channel.clone(), WORKSPACE, now_ms, false).await?;
+    let tags = client::tags::refresh(channel.clone(), WORKSPACE, now_ms, false, false).await?;
     steps.push(Step {
         name: "seed tags (define + refresh)",
         seconds: t.elapsed().as_secs_f64(),

@@ -14,7 +14,7 @@ mod components;
 mod explain;
 pub(crate) mod graph;
 pub(crate) mod rules;
-mod snapshot;
+pub(crate) mod snapshot;
 pub(crate) mod tables;
 #[cfg(test)]
 mod tests;

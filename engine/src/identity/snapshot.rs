@@ -212,6 +212,20 @@ pub(crate) async fn read_files(
     g: &mut Graph,
     rules: &CompiledRules,
 ) -> Result<()> {
+    read_file_batches(table, paths, &["event_time", "identifiers"], |batch| {
+        g.add_batch(&batch, rules)
+    })
+    .await
+}
+
+/// Calls `f` with every batch of the data files `paths` of `table`, reading
+/// only `columns` (not the partition column, which data files do not hold).
+pub(crate) async fn read_file_batches(
+    table: &DeltaTable,
+    paths: &[String],
+    columns: &[&str],
+    mut f: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
     let store = table.object_store();
     for path in paths {
         let location = StorePath::from_url_path(path)
@@ -225,7 +239,7 @@ pub(crate) async fn read_files(
             .map_err(|e| Error::Internal(format!("events file `{path}`: {e}")))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .map_err(|e| Error::Internal(format!("events file `{path}`: {e}")))?;
-        let roots: Vec<usize> = ["event_time", "identifiers"]
+        let roots: Vec<usize> = columns
             .iter()
             .map(|name| {
                 builder.schema().index_of(name).map_err(|_| {
@@ -240,7 +254,7 @@ pub(crate) async fn read_files(
             .build()
             .map_err(|e| Error::Internal(format!("events file `{path}`: {e}")))?;
         for batch in reader {
-            g.add_batch(&batch?, rules)?;
+            f(batch?)?;
         }
     }
     Ok(())

@@ -143,6 +143,96 @@ impl DailyCounts {
         })
     }
 
+    /// These counts plus one `(day, ordinal)` pair per new event: the day
+    /// indexes of the new days are added, and a block sum is recomputed only
+    /// where a new day falls in it (every block when a day precedes the first
+    /// one, which moves the blocks' alignment). Equal, value for value, to
+    /// [`DailyCounts::from_pairs`] over the old and new events together.
+    pub fn add_pairs(&self, pairs: &[(i32, u32)]) -> Result<Self> {
+        if pairs.is_empty() {
+            return Ok(self.clone());
+        }
+        let Some(old) = self.days() else {
+            return Self::from_pairs(pairs);
+        };
+        let delta = Self::from_pairs(pairs)?;
+        let Some(new) = delta.days() else {
+            return Ok(self.clone());
+        };
+        let first = (*old.start()).min(*new.start());
+        let last = (*old.end()).max(*new.end());
+        let n_days = (i64::from(last) - i64::from(first) + 1) as usize;
+        let overflow = || Error::Internal("behaviour counts overflowed a day sum".into());
+        // Level 0: old days shifted to the new first day, new days added.
+        let mut days = vec![Bsi::default(); n_days];
+        let shift = (self.first_day - first) as usize;
+        for (i, b) in self.levels[0].iter().enumerate() {
+            days[shift + i] = b.clone();
+        }
+        let new_shift = (delta.first_day - first) as usize;
+        let mut touched = vec![false; n_days];
+        for (i, b) in delta.levels[0].iter().enumerate() {
+            if !b.is_empty() {
+                let slot = &mut days[new_shift + i];
+                *slot = slot.add(b).ok_or_else(overflow)?;
+                touched[new_shift + i] = true;
+            }
+        }
+        let aligned = first == self.first_day;
+        let mut levels = vec![days];
+        let mut width = 1usize;
+        while levels.last().map_or(0, Vec::len) > 1 {
+            width *= FAN_OUT;
+            let below = levels.last().map(Vec::as_slice).unwrap_or_default();
+            let k = levels.len();
+            let mut level = Vec::with_capacity(below.len().div_ceil(FAN_OUT));
+            for j in 0..below.len().div_ceil(FAN_OUT) {
+                let span = j * width..((j + 1) * width).min(n_days);
+                let reuse = aligned && !touched[span].iter().any(|&t| t);
+                match self.levels.get(k).and_then(|l| l.get(j)).filter(|_| reuse) {
+                    Some(b) => level.push(b.clone()),
+                    None => {
+                        let parts = &below[j * FAN_OUT..((j + 1) * FAN_OUT).min(below.len())];
+                        let mut sum = Bsi::default();
+                        for b in parts.iter().filter(|b| !b.is_empty()) {
+                            sum = sum.add(b).ok_or_else(overflow)?;
+                        }
+                        level.push(sum);
+                    }
+                }
+            }
+            levels.push(level);
+        }
+        Ok(DailyCounts {
+            first_day: first,
+            levels,
+        })
+    }
+
+    /// These counts with the persons of `from` folded into `to(person)`, in
+    /// every day and block (a merge in OneID).
+    pub fn moved(&self, from: &RoaringBitmap, to: impl Fn(u32) -> u32 + Copy) -> Result<Self> {
+        let mut out = self.clone();
+        for b in out.levels.iter_mut().flatten() {
+            if !b.exists().is_disjoint(from) {
+                *b = b.moved(from, to).ok_or_else(|| {
+                    Error::Internal("behaviour counts overflowed folding a merge".into())
+                })?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `other` holds the same count for every person, day and block
+    /// (the bit slices may be laid out differently).
+    pub fn same_counts(&self, other: &DailyCounts) -> bool {
+        self.first_day == other.first_day
+            && self.levels.len() == other.levels.len()
+            && self.levels.iter().zip(&other.levels).all(|(a, b)| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.values() == y.values())
+            })
+    }
+
     /// The first and last day with any event.
     pub fn days(&self) -> Option<RangeInclusive<i32>> {
         let n = self.levels.first()?.len();
@@ -351,6 +441,28 @@ mod tests {
             "an empty window"
         );
         assert!(build(&[]).at_least(0..=10, 1).unwrap().is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn adding_events_equals_building_from_all(
+            old in prop::collection::vec((-5i32..70, 0u32..40), 0..200),
+            new in prop::collection::vec((-20i32..90, 0u32..40), 0..100),
+            retired in prop::collection::vec(0u32..40, 0..5),
+        ) {
+            let mut all = old.clone();
+            all.extend(&new);
+            let grown = build(&old).add_pairs(&new).unwrap();
+            prop_assert!(grown.same_counts(&build(&all)));
+            // a merge: each retired person's events go to person 100 + it / 2
+            let from: RoaringBitmap = retired.iter().copied().collect();
+            let to = |o: u32| 100 + o / 2;
+            let merged: Vec<(i32, u32)> = all
+                .iter()
+                .map(|&(d, o)| (d, if from.contains(o) { to(o) } else { o }))
+                .collect();
+            prop_assert!(grown.moved(&from, to).unwrap().same_counts(&build(&merged)));
+        }
     }
 
     proptest! {

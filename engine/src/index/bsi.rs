@@ -145,6 +145,48 @@ impl Bsi {
         })
     }
 
+    /// The index with the values of `from`'s members moved to `to(member)`
+    /// and added to whatever is there: how a merge folds a retired person's
+    /// counts into its survivor's. `None` when a value is negative or a sum
+    /// overflows (see [`Bsi::add`]).
+    pub fn moved(&self, from: &RoaringBitmap, to: impl Fn(u32) -> u32) -> Option<Bsi> {
+        let hit = &self.exists & from;
+        if hit.is_empty() {
+            return Some(self.clone());
+        }
+        let mut moved: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
+        for o in &hit {
+            let v = self.get(Ordinal(o))?;
+            let slot = moved.entry(to(o)).or_default();
+            *slot = slot.checked_add(v)?;
+        }
+        let rest = Bsi {
+            base: self.base,
+            exists: &self.exists - &hit,
+            slices: self.slices.iter().map(|s| s - &hit).collect(),
+        };
+        let moved: Vec<(Ordinal, i64)> = moved.into_iter().map(|(o, v)| (Ordinal(o), v)).collect();
+        rest.add(&Bsi::from_sorted_values(&moved))
+    }
+
+    /// Every `(ordinal, value)`, ascending by ordinal.
+    pub fn values(&self) -> Vec<(Ordinal, i64)> {
+        let mut out: Vec<(Ordinal, u64)> = self.exists.iter().map(|o| (Ordinal(o), 0)).collect();
+        for (bit, slice) in self.slices.iter().enumerate() {
+            // both ascend: one merge walk per slice
+            let mut i = 0;
+            for o in slice {
+                while out[i].0.0 < o {
+                    i += 1;
+                }
+                out[i].1 |= 1 << bit;
+            }
+        }
+        out.into_iter()
+            .map(|(o, x)| (o, self.base.wrapping_add(x as i64)))
+            .collect()
+    }
+
     /// The slices of `value` itself (base folded in); `None` if a value is negative.
     fn unsigned_slices(&self) -> Option<Vec<RoaringBitmap>> {
         if self.base < 0 && !self.exists.is_empty() {
@@ -357,13 +399,14 @@ fn offset(v: i64, base: i64) -> u64 {
     (v as i128 - base as i128) as u64
 }
 
-struct Crc32Writer<W> {
-    inner: W,
-    crc: crc32fast::Hasher,
+/// A writer that keeps the CRC-32 of what went through it.
+pub(crate) struct Crc32Writer<W> {
+    pub(crate) inner: W,
+    pub(crate) crc: crc32fast::Hasher,
 }
 
 impl<W: Write> Crc32Writer<W> {
-    fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         Crc32Writer {
             inner,
             crc: crc32fast::Hasher::new(),

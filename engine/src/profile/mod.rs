@@ -13,11 +13,12 @@
 //! travel keeps earlier ones).
 
 mod scan;
+pub(crate) mod state;
 mod table;
 mod traits;
 
 pub use scan::BehaviourKey;
-pub(crate) use scan::{BehaviourPlan, PersonMap, scan};
+pub(crate) use scan::{BehaviourPlan, PersonMap, Scan, scan, scan_files};
 pub(crate) use table::write_tables;
 pub(crate) use traits::derive;
 

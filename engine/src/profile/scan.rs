@@ -3,7 +3,7 @@
 use arrow::array::{
     Array, AsArray, Decimal128Array, MapArray, RecordBatch, StringArray, StructArray,
 };
-use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use futures::StreamExt;
 use roaring::RoaringBitmap;
 
@@ -12,6 +12,8 @@ use crate::identity::graph::key128;
 use crate::identity::tables::{self, IDENTIFIERS, PERSONS};
 pub use crate::index::BehaviourKey;
 use crate::store::{Workspace, table_provider};
+
+const DAY_US: i64 = 86_400_000_000;
 use crate::{Error, Result};
 
 /// Which person each identifier value belongs to, after the last OneID run.
@@ -23,6 +25,9 @@ pub(crate) struct PersonMap {
     pub person_ids: Vec<Option<String>>,
     /// Live persons.
     pub live: RoaringBitmap,
+    /// Retired ordinals and the ordinal each was merged into (absent: retired
+    /// without a survivor).
+    pub merged_into: hashbrown::HashMap<u32, u32>,
 }
 
 impl PersonMap {
@@ -33,25 +38,36 @@ impl PersonMap {
             return Ok(None);
         }
         let mut map = PersonMap::default();
+        let mut ordinal_of_id: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
+        let mut redirects: Vec<(u32, String)> = Vec::new();
         for batch in
             tables::scan(&dir.join(PERSONS), &["person_id", "ordinal", "merged_into"]).await?
         {
             let ids = tables::strings(batch.column(0))?;
             let ords = tables::ints(batch.column(1))?;
-            let merged = batch.column(2);
+            let merged = tables::strings(batch.column(2))?;
             for (i, id) in ids.into_iter().enumerate() {
                 let o = u32::try_from(ords[i]).map_err(|_| {
                     Error::Internal(format!("persons row {i}: ordinal {} out of range", ords[i]))
                 })?;
-                if merged.is_valid(i) {
-                    continue;
+                if let Some(id) = &id {
+                    ordinal_of_id.insert(id.clone(), o);
                 }
                 let slot = o as usize;
                 if map.person_ids.len() <= slot {
                     map.person_ids.resize(slot + 1, None);
                 }
+                if let Some(into) = &merged[i] {
+                    redirects.push((o, into.clone()));
+                    continue;
+                }
                 map.person_ids[slot] = id;
                 map.live.insert(o);
+            }
+        }
+        for (o, into) in redirects {
+            if let Some(&to) = ordinal_of_id.get(&into) {
+                map.merged_into.insert(o, to);
             }
         }
         let mut priorities: hashbrown::HashMap<String, u8> = hashbrown::HashMap::new();
@@ -89,6 +105,17 @@ impl PersonMap {
     /// One past the highest ordinal.
     pub fn ordinal_space(&self) -> usize {
         self.person_ids.len()
+    }
+
+    /// The live person a retired ordinal's merges lead to (itself when live).
+    pub fn survivor(&self, mut o: u32) -> Option<u32> {
+        for _ in 0..64 {
+            if self.live.contains(o) {
+                return Some(o);
+            }
+            o = *self.merged_into.get(&o)?;
+        }
+        None
     }
 }
 
@@ -167,10 +194,7 @@ pub(crate) struct Scan {
 }
 
 fn bump(counts: &mut Vec<(u32, u32)>, id: u32) {
-    match counts.iter_mut().find(|(k, _)| *k == id) {
-        Some((_, n)) => *n += 1,
-        None => counts.push((id, 1)),
-    }
+    add_count(counts, id, 1);
 }
 
 /// Where the behaviour pairs of one event go.
@@ -183,38 +207,116 @@ struct Slots {
     dim_values: Vec<Interner>,
 }
 
-/// Reads every event of the workspace (Delta, after a flush) once.
-pub(crate) async fn scan(
-    ws: &Workspace,
-    persons: &PersonMap,
-    plan: &BehaviourPlan,
-) -> Result<Scan> {
-    ws.flush().await?;
-    let (table, _) = ws.read_view();
-    let n = persons.ordinal_space();
-    let mut s = Scan {
-        first_seen: vec![i64::MAX; n],
-        last_seen: vec![NEVER; n],
-        events: vec![0; n],
-        orders: vec![0; n],
-        spend: vec![0; n],
-        last_order: vec![NEVER; n],
-        registered: vec![(i64::MAX, u32::MAX); n],
-        channel_counts: vec![Vec::new(); n],
-        category_counts: vec![Vec::new(); n],
-        attributes: vec![Vec::new(); n],
-        ..Scan::default()
-    };
-    if table.version().is_none() {
-        return Ok(s);
+impl Slots {
+    fn new(plan: &BehaviourPlan) -> Self {
+        Slots {
+            by_type: Vec::new(),
+            by_dim: hashbrown::HashMap::new(),
+            dim_values: vec![Interner::default(); plan.dimensions.len()],
+        }
     }
-    let mut slots = Slots {
-        by_type: Vec::new(),
-        by_dim: hashbrown::HashMap::new(),
-        dim_values: vec![Interner::default(); plan.dimensions.len()],
-    };
-    let ctx = datafusion::prelude::SessionContext::new();
-    // The typed property columns are read only when they are dimensions.
+}
+
+impl Scan {
+    /// Accumulators for ordinals `0..n`, nothing read yet.
+    pub fn new(n: usize) -> Self {
+        let mut s = Scan::default();
+        s.grow(n);
+        s
+    }
+
+    /// Room for ordinals `0..n` (new persons start empty).
+    pub fn grow(&mut self, n: usize) {
+        if n <= self.events.len() {
+            return;
+        }
+        self.first_seen.resize(n, i64::MAX);
+        self.last_seen.resize(n, NEVER);
+        self.events.resize(n, 0);
+        self.orders.resize(n, 0);
+        self.spend.resize(n, 0);
+        self.last_order.resize(n, NEVER);
+        self.registered.resize(n, (i64::MAX, u32::MAX));
+        self.channel_counts.resize(n, Vec::new());
+        self.category_counts.resize(n, Vec::new());
+        self.attributes.resize(n, Vec::new());
+    }
+
+    /// Folds person `from`'s accumulators into `into`'s (a merge in OneID):
+    /// exactly what reading their events together would have given.
+    pub fn fold(&mut self, from: u32, into: u32) {
+        let (f, t) = (from as usize, into as usize);
+        if f == t || f >= self.events.len() {
+            return;
+        }
+        self.grow(t + 1);
+        self.first_seen[t] = self.first_seen[t].min(self.first_seen[f]);
+        self.last_seen[t] = self.last_seen[t].max(self.last_seen[f]);
+        self.events[t] += std::mem::take(&mut self.events[f]);
+        self.orders[t] += std::mem::take(&mut self.orders[f]);
+        self.spend[t] += std::mem::take(&mut self.spend[f]);
+        self.last_order[t] = self.last_order[t].max(self.last_order[f]);
+        self.first_seen[f] = i64::MAX;
+        self.last_seen[f] = NEVER;
+        self.last_order[f] = NEVER;
+        let reg = std::mem::replace(&mut self.registered[f], (i64::MAX, u32::MAX));
+        if earlier_register(&self.channels.names, reg, self.registered[t]) {
+            self.registered[t] = reg;
+        }
+        for (id, n) in std::mem::take(&mut self.channel_counts[f]) {
+            add_count(&mut self.channel_counts[t], id, n);
+        }
+        for (id, n) in std::mem::take(&mut self.category_counts[f]) {
+            add_count(&mut self.category_counts[t], id, n);
+        }
+        for (key, at, value) in std::mem::take(&mut self.attributes[f]) {
+            set_attribute(
+                &mut self.attributes[t],
+                &self.attr_values.names,
+                (key, at, value),
+            );
+        }
+        for c in &mut self.history {
+            if c.ordinal == from {
+                c.ordinal = into;
+            }
+        }
+    }
+}
+
+/// Whether register `a` (time, channel id) comes before `b`: by time, then by
+/// channel name, so the result does not depend on read order.
+fn earlier_register(names: &[String], a: (i64, u32), b: (i64, u32)) -> bool {
+    let name = |id: u32| names.get(id as usize).map(String::as_str);
+    a.0 < b.0 || (a.0 == b.0 && a.0 != i64::MAX && name(a.1) < name(b.1))
+}
+
+fn add_count(counts: &mut Vec<(u32, u32)>, id: u32, n: u32) {
+    match counts.iter_mut().find(|(k, _)| *k == id) {
+        Some((_, c)) => *c += n,
+        None => counts.push((id, n)),
+    }
+}
+
+/// Keeps the latest value of an attribute: by event time, ties to the larger
+/// value as text (ids are interned in read order), so the result does not
+/// depend on read order.
+fn set_attribute(attrs: &mut Vec<(u32, i64, u32)>, names: &[String], new: (u32, i64, u32)) {
+    let (key, t, value) = new;
+    match attrs.iter_mut().find(|(k, _, _)| *k == key) {
+        Some(slot)
+            if t > slot.1 || (t == slot.1 && names[value as usize] > names[slot.2 as usize]) =>
+        {
+            *slot = new
+        }
+        Some(_) => {}
+        None => attrs.push(new),
+    }
+}
+
+/// The columns of `events` a scan reads: the typed property columns only
+/// when they are dimensions.
+fn scan_columns(plan: &BehaviourPlan) -> Vec<&'static str> {
     let mut columns = vec![
         "event_id",
         "event_time",
@@ -224,21 +326,50 @@ pub(crate) async fn scan(
         "category",
         "amount",
         "properties",
-        "event_date",
     ];
     columns.extend(
         ["sku", "currency", "store_id", "campaign", "page"]
             .into_iter()
             .filter(|c| plan.dimensions.iter().any(|d| d == c)),
     );
+    columns
+}
+
+/// Reads every event of `table` (the `events` table at the version OneID
+/// covered) once, into fresh accumulators.
+pub(crate) async fn scan(
+    table: &deltalake_core::DeltaTable,
+    persons: &PersonMap,
+    plan: &BehaviourPlan,
+) -> Result<Scan> {
+    let mut s = Scan::new(persons.ordinal_space());
+    let mut slots = Slots::new(plan);
+    let ctx = datafusion::prelude::SessionContext::new();
     let df = ctx
-        .read_table(table_provider(&table).await?)?
-        .select_columns(&columns)?;
+        .read_table(table_provider(table).await?)?
+        .select_columns(&scan_columns(plan))?;
     let mut stream = df.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         add_batch(&mut s, &mut slots, &batch?, persons, plan)?;
     }
     Ok(s)
+}
+
+/// Adds the events of the data files `paths` of `table` (those committed
+/// since `s` was last fed) to `s`.
+pub(crate) async fn scan_files(
+    table: &deltalake_core::DeltaTable,
+    paths: &[String],
+    persons: &PersonMap,
+    plan: &BehaviourPlan,
+    s: &mut Scan,
+) -> Result<()> {
+    s.grow(persons.ordinal_space());
+    let mut slots = Slots::new(plan);
+    crate::identity::snapshot::read_file_batches(table, paths, &scan_columns(plan), |batch| {
+        add_batch(s, &mut slots, &batch, persons, plan)
+    })
+    .await
 }
 
 fn utf8(batch: &RecordBatch, name: &str) -> Result<StringArray> {
@@ -268,8 +399,6 @@ fn add_batch(
         &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
     )?;
     let times = times.as_primitive::<TimestampMicrosecondType>();
-    let days = arrow::compute::cast(col("event_date")?, &DataType::Int32)?;
-    let days = days.as_primitive::<Int32Type>();
     let channels = utf8(batch, "channel")?;
     let types = utf8(batch, "event_type")?;
     let categories = utf8(batch, "category")?;
@@ -328,7 +457,9 @@ fn add_batch(
         };
         let p = o as usize;
         let t = times.value(row);
-        let day = days.value(row);
+        // `event_date` is the UTC date of `event_time`; data files do not
+        // hold the partition column, so it is derived here.
+        let day = t.div_euclid(DAY_US) as i32;
         s.first_seen[p] = s.first_seen[p].min(t);
         s.last_seen[p] = s.last_seen[p].max(t);
         s.events[p] += 1;
@@ -348,7 +479,9 @@ fn add_batch(
                 }
                 s.last_order[p] = s.last_order[p].max(t);
             }
-            "register" if t < s.registered[p].0 => s.registered[p] = (t, channel),
+            "register" if earlier_register(&s.channels.names, (t, channel), s.registered[p]) => {
+                s.registered[p] = (t, channel)
+            }
             "profile_update" if props.is_valid(row) => {
                 let o2 = props.value_offsets();
                 for j in o2[row] as usize..o2[row + 1] as usize {
@@ -364,22 +497,7 @@ fn add_batch(
                         at: t,
                         event_id: event_ids.value(row).to_string(),
                     });
-                    let names = &s.attr_values.names;
-                    let attrs = &mut s.attributes[p];
-                    match attrs.iter_mut().find(|(k, _, _)| *k == key) {
-                        // Latest by event time; ties go to the larger value (as
-                        // text: ids are interned in read order), so the result
-                        // does not depend on read order.
-                        Some(slot)
-                            if t > slot.1
-                                || (t == slot.1
-                                    && names[value as usize] > names[slot.2 as usize]) =>
-                        {
-                            *slot = (key, t, value)
-                        }
-                        Some(_) => {}
-                        None => attrs.push((key, t, value)),
-                    }
+                    set_attribute(&mut s.attributes[p], &s.attr_values.names, (key, t, value));
                 }
             }
             _ => {}

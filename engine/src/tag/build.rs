@@ -9,9 +9,13 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use super::def::{STANDARD_EVENT_TYPES, TagKind};
+use crate::identity::IdentityRules;
 use crate::identity::Progress;
+use crate::identity::snapshot;
+use crate::identity::tables::{self, HISTORY, State as IdentityState};
 use crate::index::{BehaviourKey, DailyCounts, IndexSet, NumericIndex, Ordinal};
-use crate::profile::{self, BehaviourPlan, PersonMap};
+use crate::profile::state::StateMeta;
+use crate::profile::{self, BehaviourPlan, PersonMap, Scan};
 use crate::segment::{Expr, evaluate};
 use crate::store::Workspace;
 use crate::{Error, Result};
@@ -40,8 +44,15 @@ pub struct RefreshReport {
     pub version: u64,
     /// "Now" for windows, µs.
     pub now: i64,
-    /// Events read.
+    /// Events the index covers (every event OneID resolved).
     pub events: u64,
+    /// Events this refresh read: those committed since the last refresh when
+    /// incremental, else all of them.
+    pub events_read: u64,
+    /// Whether it started from the last refresh's state.
+    pub incremental: bool,
+    /// Why it read every event instead (empty when incremental).
+    pub full_reason: String,
     /// Events none of whose identifiers a live person holds (not resolved yet).
     pub unattributed_events: u64,
     /// Live persons.
@@ -74,14 +85,61 @@ pub(crate) fn format_scaled(v: i64, scale: u8) -> String {
     )
 }
 
+/// Where an incremental refresh starts: the last refresh's accumulators and
+/// behaviour counts with OneID's merges since folded in, and the data files
+/// committed since.
+struct Base {
+    scan: Scan,
+    behaviour: BTreeMap<BehaviourKey, DailyCounts>,
+    files: Vec<String>,
+}
+
+/// Hash of the quarantined values of a OneID run (a change in them can move
+/// old events to other persons).
+fn quarantine_hash(state: &IdentityState) -> String {
+    let mut values: Vec<String> = state
+        .quarantined
+        .iter()
+        .map(|q| format!("{}:{}", q.kind, q.value))
+        .collect();
+    values.sort();
+    format!(
+        "{:016x}",
+        xxhash_rust::xxh3::xxh3_64(values.join("\n").as_bytes())
+    )
+}
+
 impl Workspace {
-    /// Rebuilds profiles, traits, behaviour counts and every defined tag as a
-    /// new index version, with windows relative to `now` (µs; default: the
-    /// current time). Writes the `profiles` and `attribute_history` tables,
-    /// keeps the newest `tags.keep_versions` versions. Needs a resolve first.
+    /// Brings profiles, traits, behaviour counts and every defined tag up to
+    /// date as a new index version, with windows relative to `now` (µs;
+    /// default: the current time). Covers the events OneID has resolved (the
+    /// `events` table at the last resolve's version), attributed through its
+    /// `identifiers` table. Incremental when it can be (see
+    /// [`Workspace::refresh_tags_with`]). Needs a resolve first.
     pub async fn refresh_tags(
         &self,
         now: Option<i64>,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<RefreshReport> {
+        self.refresh_tags_with(now, false, progress).await
+    }
+
+    /// [`Workspace::refresh_tags`], reading every event when `full`.
+    ///
+    /// Otherwise a refresh starts from the accumulators the last one kept
+    /// (`index/refresh.state`): it folds the persons OneID merged since into
+    /// their survivors (counts and sums add, first/last take min/max,
+    /// attributes the latest) and reads only the data files committed since,
+    /// then recomputes what needs the whole population (RFM quintiles) and
+    /// every index from the accumulators. It reads every event instead when
+    /// there is no usable state, the behaviour keys or the OneID rules
+    /// changed, or OneID split persons or changed its quarantined values
+    /// since: those move old events between persons. The report says which
+    /// and why; both give the same index.
+    pub async fn refresh_tags_with(
+        &self,
+        now: Option<i64>,
+        full: bool,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<RefreshReport> {
         let state = self.tag_state();
@@ -92,15 +150,8 @@ impl Workspace {
         let defs = self.tag_definitions()?;
         let order = defs.check(&self.checked_catalog().await?)?;
         let rules = self.identity_rules()?;
-        let persons = PersonMap::load(self, &rules).await?.ok_or_else(|| {
-            Error::invalid(
-                "workspace",
-                format!(
-                    "`{}` has no persons yet: run `quiver resolve` before refreshing tags",
-                    self.name()
-                ),
-            )
-        })?;
+        let (identity, persons) = self.resolved_persons(&rules).await?;
+        let events_version = identity.events_version.unwrap_or(0);
         let mut phases: Vec<(String, f64)> = Vec::new();
         let mut phase = |name: &str, t: &mut Instant| {
             phases.push((name.to_string(), t.elapsed().as_secs_f64()));
@@ -108,7 +159,7 @@ impl Workspace {
         };
         let mut t = Instant::now();
 
-        // Scan: every event once.
+        // Scan: the events since the last refresh, or every event OneID covered.
         let mut combos: Vec<BehaviourKey> = Vec::new();
         for (_, e) in &order {
             did_combos(e, &mut combos);
@@ -119,14 +170,38 @@ impl Workspace {
             dimensions: defs.behaviour.dimensions.clone(),
             combos,
         };
-        let scan = profile::scan(self, &persons, &plan).await?;
+        let (mut table, _) = self.read_view();
+        let base = if full {
+            Err("a full refresh was asked for".to_string())
+        } else {
+            self.incremental_base(&identity, &persons, &plan, &table)
+                .await?
+        };
+        let (mut scan, previous, full_reason, events_read) = match base {
+            Ok(b) => {
+                let mut s = b.scan;
+                let before = s.read;
+                profile::scan_files(&table, &b.files, &persons, &plan, &mut s).await?;
+                let read = s.read - before;
+                (s, Some(b.behaviour), None, read)
+            }
+            Err(reason) => {
+                if table.version() != Some(events_version) {
+                    table.load_version(events_version).await?;
+                }
+                let s = profile::scan(&table, &persons, &plan).await?;
+                let read = s.read;
+                (s, None, Some(reason), read)
+            }
+        };
         progress(Progress {
             phase: "scan",
-            done: scan.read,
+            done: events_read,
         });
         phase("scan", &mut t);
 
         // Traits and profile tables.
+        let pairs = std::mem::take(&mut scan.behaviour);
         let persons = Arc::new(persons);
         let scan = Arc::new(scan);
         let derived = {
@@ -184,29 +259,30 @@ impl Workspace {
         });
         phase("traits", &mut t);
 
-        // Behaviour: per-day counts per key.
-        let behaviour = {
-            let s = scan.clone();
-            tokio::task::spawn_blocking(move || {
-                s.behaviour
-                    .iter()
-                    .map(|(key, pairs)| {
-                        let counts =
-                            DailyCounts::from_events(pairs.iter().map(|&(d, o)| (d, Ordinal(o))))?;
-                        Ok((key.clone(), counts))
-                    })
-                    .collect::<Result<BTreeMap<BehaviourKey, DailyCounts>>>()
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("behaviour task: {e}")))??
-        };
+        // Behaviour: per-day counts per key, new or added to the last ones.
+        let behaviour = tokio::task::spawn_blocking(move || {
+            let mut counts = previous.unwrap_or_default();
+            for (key, pairs) in pairs {
+                let grown = match counts.get(&key) {
+                    Some(c) => c.add_pairs(&pairs)?,
+                    None => DailyCounts::from_pairs(&pairs)?,
+                };
+                counts.insert(key, grown);
+            }
+            Ok::<_, Error>(counts)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("behaviour task: {e}")))??;
         set.behaviour = behaviour;
+        // A key rules ask for exists even when nobody did it.
+        for combo in &plan.combos {
+            set.behaviour.entry(combo.clone()).or_default();
+        }
         tables_task
             .await
             .map_err(|e| Error::Internal(format!("profile table task: {e}")))??;
         let events = scan.read;
         let unattributed = scan.unattributed;
-        drop(scan);
         drop(derived);
         progress(Progress {
             phase: "behaviour",
@@ -297,6 +373,9 @@ impl Workspace {
             persons: set.live.len(),
             tags: coverage,
             behaviour_keys: set.behaviour.len() as u64,
+            incremental: full_reason.is_none(),
+            full_reason: full_reason.unwrap_or_default(),
+            events_read,
             ..RefreshReport::default()
         };
         let extra = serde_json::to_value(&report).map_err(|e| Error::Internal(e.to_string()))?;
@@ -309,6 +388,21 @@ impl Workspace {
         }
         let keep = self.tag_state_keep();
         IndexSet::prune(&root, keep)?;
+        {
+            let meta = StateMeta {
+                index_version: set.version,
+                events_version,
+                identity_run: identity.run,
+                rules_hash: identity.rules_hash.clone(),
+                quarantine_hash: quarantine_hash(&identity),
+                dimensions: plan.dimensions.clone(),
+                combos: plan.combos.clone(),
+            };
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || profile::state::write(&root, &meta, &scan))
+                .await
+                .map_err(|e| Error::Internal(format!("refresh state task: {e}")))??;
+        }
         report.index_bytes = dir_bytes(&root, set.version);
         *self.tag_state().latest.write() = Some(set);
         progress(Progress {
@@ -320,6 +414,125 @@ impl Workspace {
         report.seconds = started.elapsed().as_secs_f64();
         tracing::info!(ws = %self.name(), version = report.version, persons = report.persons, events = report.events, tags = report.tags.len(), seconds = report.seconds, "tags refreshed");
         Ok(report)
+    }
+
+    /// The OneID state and the persons it left, read consistently (a run
+    /// finishing in between is read again).
+    async fn resolved_persons(&self, rules: &IdentityRules) -> Result<(IdentityState, PersonMap)> {
+        let dir = self.dir();
+        for _ in 0..3 {
+            let before = tables::read_state(dir)?;
+            let persons = PersonMap::load(self, rules).await?;
+            let after = tables::read_state(dir)?;
+            if before.run != after.run {
+                continue;
+            }
+            let (Some(persons), Some(_)) = (persons, after.events_version) else {
+                return Err(Error::invalid(
+                    "workspace",
+                    format!(
+                        "`{}` has no persons yet: run `quiver resolve` before refreshing tags",
+                        self.name()
+                    ),
+                ));
+            };
+            return Ok((after, persons));
+        }
+        Err(Error::Internal(
+            "OneID runs kept finishing while the refresh read its persons".into(),
+        ))
+    }
+
+    /// The last refresh's state with OneID's changes since applied, or why
+    /// every event has to be read instead.
+    async fn incremental_base(
+        &self,
+        identity: &IdentityState,
+        persons: &PersonMap,
+        plan: &BehaviourPlan,
+        table: &deltalake_core::DeltaTable,
+    ) -> Result<std::result::Result<Base, String>> {
+        let root = self.index_dir();
+        let (meta, mut scan) = match profile::state::read(&root) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(Err("no earlier refresh left its state".into())),
+            Err(e) => {
+                tracing::warn!(ws = %self.name(), error = %e, "unreadable refresh state; reading every event");
+                return Ok(Err(format!(
+                    "the earlier refresh's state is unreadable: {e}"
+                )));
+            }
+        };
+        let latest = IndexSet::versions(&root)?.last().copied();
+        if latest != Some(meta.index_version) {
+            return Ok(Err(format!(
+                "the refresh state is of index version {}, the latest is {latest:?}",
+                meta.index_version
+            )));
+        }
+        if meta.dimensions != plan.dimensions || meta.combos != plan.combos {
+            return Ok(Err("the behaviour keys the tags need changed".into()));
+        }
+        if meta.rules_hash != identity.rules_hash {
+            return Ok(Err("the OneID rules changed".into()));
+        }
+        if meta.quarantine_hash != quarantine_hash(identity) {
+            return Ok(Err("OneID's quarantined values changed".into()));
+        }
+        let to = identity.events_version.unwrap_or(0);
+        if identity.run < meta.identity_run || to < meta.events_version {
+            return Ok(Err("OneID's state is older than the last refresh's".into()));
+        }
+        if identity.run > meta.identity_run {
+            for batch in tables::scan(&self.dir().join(HISTORY), &["run", "kind"]).await? {
+                let runs = tables::ints(batch.column(0))?;
+                let kinds = tables::strings(batch.column(1))?;
+                for (run, kind) in runs.iter().zip(kinds) {
+                    if *run as u64 > meta.identity_run && kind.as_deref() == Some("split") {
+                        return Ok(Err(format!("OneID run {run} split persons")));
+                    }
+                }
+            }
+        }
+        let Some(files) = snapshot::added_files(table, meta.events_version, to).await? else {
+            return Ok(Err("the Delta log since the last refresh is gone".into()));
+        };
+        let previous = match self.tag_index()? {
+            Some(set) if set.version == meta.index_version => set,
+            _ => return Ok(Err("the last index version is gone".into())),
+        };
+        // Persons live then and retired since: fold each into its survivor.
+        let retired = &previous.live - &persons.live;
+        let mut survivors = Vec::with_capacity(retired.len() as usize);
+        for o in &retired {
+            match persons.survivor(o) {
+                Some(s) => survivors.push((o, s)),
+                None => {
+                    return Ok(Err(format!(
+                        "person ordinal {o} was retired without a survivor"
+                    )));
+                }
+            }
+        }
+        for &(o, s) in &survivors {
+            scan.fold(o, s);
+        }
+        let survivor: hashbrown::HashMap<u32, u32> = survivors.into_iter().collect();
+        let to_survivor = |o: u32| survivor.get(&o).copied().unwrap_or(o);
+        let behaviour = if retired.is_empty() {
+            previous.behaviour.clone()
+        } else {
+            previous
+                .behaviour
+                .iter()
+                .map(|(k, c)| Ok((k.clone(), c.moved(&retired, to_survivor)?)))
+                .collect::<Result<_>>()?
+        };
+        Ok(Ok(Base {
+            scan,
+            behaviour,
+            files,
+        }))
     }
 
     fn tag_state_keep(&self) -> usize {

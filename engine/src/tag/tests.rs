@@ -19,12 +19,17 @@ use crate::{Engine, EngineConfig, Workspace};
 const DAY_US: i64 = 86_400_000_000;
 
 async fn workspace(dir: &std::path::Path) -> Arc<Workspace> {
+    workspace_with(dir, true).await
+}
+
+async fn workspace_with(dir: &std::path::Path, refresh_after_resolve: bool) -> Arc<Workspace> {
     let mut cfg = EngineConfig {
         data_dir: dir.to_path_buf(),
         ..Default::default()
     };
     cfg.store.fsync = false;
     cfg.tags.keep_versions = 2;
+    cfg.tags.refresh_after_resolve = refresh_after_resolve;
     let engine = Engine::open(cfg).await.unwrap();
     engine.create_workspace("shop").await.unwrap()
 }
@@ -433,7 +438,12 @@ async fn a_merge_moves_the_retired_persons_bits_to_the_survivor() {
     ws.ingest([link].into_iter()).await.unwrap();
     let r = ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
     assert_eq!(r.merges, 1, "{r:?}");
-    ws.refresh_tags(Some(t0), &|_| {}).await.unwrap();
+    let refreshed = ws.refresh_tags(Some(t0), &|_| {}).await.unwrap();
+    // The resolve refreshed already (incrementally): nothing left to read.
+    assert!(
+        refreshed.incremental && refreshed.events_read == 0,
+        "{refreshed:?}"
+    );
     let index = ws.tag_index().unwrap().unwrap();
     let survivor = ord(rows(
         &ws,
@@ -455,5 +465,231 @@ async fn a_merge_moves_the_retired_persons_bits_to_the_survivor() {
             .bsi
             .get(crate::index::Ordinal(survivor)),
         Some(5)
+    );
+}
+
+/// Every index of `a` equals `b`'s, count for count.
+fn assert_same_index(a: &crate::index::IndexSet, b: &crate::index::IndexSet) {
+    assert_eq!(a.live, b.live, "live persons");
+    assert_eq!(a.tags, b.tags, "boolean and manual tags");
+    assert_eq!(a.enums, b.enums, "enumerated tags, traits, attributes");
+    assert_eq!(
+        a.numbers.keys().collect::<Vec<_>>(),
+        b.numbers.keys().collect::<Vec<_>>()
+    );
+    for (name, n) in &a.numbers {
+        assert_eq!(n.bsi.values(), b.numbers[name].bsi.values(), "trait {name}");
+    }
+    assert_eq!(
+        a.behaviour.keys().collect::<Vec<_>>(),
+        b.behaviour.keys().collect::<Vec<_>>()
+    );
+    for (key, c) in &a.behaviour {
+        assert!(c.same_counts(&b.behaviour[key]), "behaviour {key}");
+    }
+    assert_eq!(a.event_types, b.event_types);
+}
+
+/// The profile tables, sorted, without the refresh time.
+async fn profile_rows(ws: &Workspace) -> Vec<Vec<Option<String>>> {
+    let mut out = rows(
+        ws,
+        "SELECT * EXCEPT (refreshed_at, attributes, events_by_channel), \
+         array_to_string(map_keys(attributes), ','), array_to_string(map_values(attributes), ','), \
+         array_to_string(map_keys(events_by_channel), ','), array_to_string(map_values(events_by_channel), ',') \
+         FROM profiles ORDER BY ordinal",
+    )
+    .await;
+    let mut history = rows(ws, "SELECT * FROM attribute_history").await;
+    history.sort();
+    out.extend(history);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_refresh_equals_a_full_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = workspace_with(dir.path(), false).await;
+    let config = GenConfig {
+        persons: 600,
+        threads: 1,
+        ..Default::default()
+    };
+    let (batches, _) = quiver_data::generate_batches(&config).unwrap();
+    // Every 8th event arrives later: persons seen first through one
+    // identifier get linked to another (merges), and their counts, spend,
+    // attributes and day counts grow.
+    let (mut first, mut later) = (Vec::new(), Vec::new());
+    for b in &batches {
+        let late: arrow::array::BooleanArray =
+            (0..b.num_rows()).map(|i| Some(i % 8 == 3)).collect();
+        let early = arrow::compute::not(&late).unwrap();
+        first.push(arrow::compute::filter_record_batch(b, &early).unwrap());
+        later.push(arrow::compute::filter_record_batch(b, &late).unwrap());
+    }
+    for b in &first {
+        ws.ingest_arrow(b).await.unwrap();
+    }
+    // No value is ever quarantined here (a change in quarantined values makes
+    // a refresh read every event; see the test below), so the later events
+    // only merge persons and add to them.
+    let mut rules = IdentityRules {
+        max_persons_per_value: u32::MAX,
+        ..IdentityRules::default()
+    };
+    for k in rules.kinds.values_mut() {
+        k.max_persons = None;
+    }
+    let opts = ResolveOptions {
+        rules: Some(rules),
+        ..ResolveOptions::default()
+    };
+    ws.resolve(opts, &quiet).await.unwrap();
+    let seed = TagDefinitions::parse(quiver_data::SEED_TAGS_TOML, DefinitionFormat::Toml).unwrap();
+    ws.define_tags(&seed).await.unwrap();
+    ws.define_tags(&TagDefinitions::parse(EXTRA, DefinitionFormat::Toml).unwrap())
+        .await
+        .unwrap();
+    let now = i64::from(day_number(config.end_date)) * DAY_US + DAY_US / 2;
+    let r1 = ws.refresh_tags(Some(now), &quiet).await.unwrap();
+    assert!(!r1.incremental, "{r1:?}");
+    assert!(r1.full_reason.contains("no earlier refresh"), "{r1:?}");
+    assert_eq!(r1.events_read, r1.events);
+
+    for b in &later {
+        ws.ingest_arrow(b).await.unwrap();
+    }
+    let resolved = ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+    assert!(resolved.incremental && resolved.merges > 0, "{resolved:?}");
+    assert_eq!(resolved.splits, 0, "{resolved:?}");
+    let r2 = ws.refresh_tags(Some(now), &quiet).await.unwrap();
+    assert!(r2.incremental, "{r2:?}");
+    let added: usize = later.iter().map(|b| b.num_rows()).sum();
+    assert!(
+        r2.events_read <= added as u64 && r2.events_read > 0,
+        "{r2:?}"
+    );
+    let incremental = ws.tag_index().unwrap().unwrap();
+    let incremental_rows = profile_rows(&ws).await;
+
+    let r3 = ws.refresh_tags_with(Some(now), true, &quiet).await.unwrap();
+    assert!(
+        !r3.incremental && r3.full_reason.contains("asked"),
+        "{r3:?}"
+    );
+    assert_eq!((r3.events, r3.persons), (r2.events, r2.persons));
+    assert_eq!(r3.tags, r2.tags);
+    let full = ws.tag_index().unwrap().unwrap();
+    assert_same_index(&incremental, &full);
+    assert_eq!(incremental_rows, profile_rows(&ws).await);
+
+    // Nothing new: nothing read, the same index.
+    let r4 = ws.refresh_tags(Some(now), &quiet).await.unwrap();
+    assert!(r4.incremental && r4.events_read == 0, "{r4:?}");
+    assert_same_index(&ws.tag_index().unwrap().unwrap(), &full);
+
+    // New behaviour keys, or a damaged state: every event is read again.
+    let combo = "[[tag]]\nname = \"app_skincare\"\nkind = \"boolean\"\nrule = \"did(page_view WHERE category = 'skincare' AND channel = 'app')\"";
+    ws.define_tags(&TagDefinitions::parse(combo, DefinitionFormat::Toml).unwrap())
+        .await
+        .unwrap();
+    let r5 = ws.refresh_tags(Some(now), &quiet).await.unwrap();
+    assert!(r5.full_reason.contains("behaviour keys"), "{r5:?}");
+    let state = dir.path().join("workspaces/shop/index/refresh.state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&state, bytes).unwrap();
+    let r6 = ws.refresh_tags(Some(now), &quiet).await.unwrap();
+    assert!(r6.full_reason.contains("unreadable"), "{r6:?}");
+    assert_eq!(r6.tags, r5.tags);
+    // Other OneID rules.
+    let defaults = ResolveOptions {
+        rules: Some(IdentityRules::default()),
+        ..ResolveOptions::default()
+    };
+    ws.resolve(defaults, &quiet).await.unwrap();
+    let r7 = ws.refresh_tags(Some(now), &quiet).await.unwrap();
+    assert!(r7.full_reason.contains("rules changed"), "{r7:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newly_quarantined_value_makes_the_refresh_read_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = workspace_with(dir.path(), false).await;
+    let t0 = 1_790_000_000_000_000i64;
+    let event = |id: &'static str, i: i64, ids: Vec<(&'static str, &'static str)>| RawEvent {
+        event_id: Some(id),
+        event_time: TimeInput::Micros(t0 + i * 1_000_000),
+        channel: Some("app"),
+        event_type: Some("page_view"),
+        identifiers: ids,
+        ..RawEvent::default()
+    };
+    // A tablet seen with one person, and alone (its events go to that person).
+    ws.ingest(
+        [
+            event(
+                "a1",
+                1,
+                vec![("phone", "+8613800138001"), ("device", "tab-1")],
+            ),
+            event("a2", 2, vec![("device", "tab-1")]),
+            event("b1", 3, vec![("phone", "+8613800138002")]),
+        ]
+        .into_iter(),
+    )
+    .await
+    .unwrap();
+    ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+    let defs = TagDefinitions::parse(
+        "[[tag]]\nname = \"viewer\"\nkind = \"boolean\"\nrule = \"did(page_view) >= 2\"",
+        DefinitionFormat::Toml,
+    )
+    .unwrap();
+    ws.define_tags(&defs).await.unwrap();
+    let ordinal = |v: &'static str| {
+        let ws = ws.clone();
+        async move {
+            rows(
+                &ws,
+                &format!("SELECT ordinal FROM identifiers WHERE value = '{v}'"),
+            )
+            .await[0][0]
+                .as_deref()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+        }
+    };
+    let (a, b) = (
+        ordinal("+8613800138001").await,
+        ordinal("+8613800138002").await,
+    );
+    ws.refresh_tags(Some(t0), &quiet).await.unwrap();
+    assert_eq!(
+        bits(&ws.tag_index().unwrap().unwrap().tags["viewer"]),
+        HashSet::from([a])
+    );
+    // A second person uses it: devices may belong to one person, so it is
+    // quarantined and its lone event belongs to nobody any more.
+    ws.ingest(
+        [event(
+            "b2",
+            4,
+            vec![("phone", "+8613800138002"), ("device", "tab-1")],
+        )]
+        .into_iter(),
+    )
+    .await
+    .unwrap();
+    let resolved = ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+    assert_eq!(resolved.quarantined_count, 1, "{resolved:?}");
+    let r2 = ws.refresh_tags(Some(t0), &quiet).await.unwrap();
+    assert!(r2.full_reason.contains("quarantined"), "{r2:?}");
+    assert_eq!(r2.unattributed_events, 1, "{r2:?}");
+    assert_eq!(
+        bits(&ws.tag_index().unwrap().unwrap().tags["viewer"]),
+        HashSet::from([b])
     );
 }

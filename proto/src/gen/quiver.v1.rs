@@ -2403,6 +2403,10 @@ pub struct RefreshTagsRequest {
     /// "Now" for windows (`IN LAST n DAYS`), ms since the epoch; 0: the server's clock.
     #[prost(int64, tag = "2")]
     pub now_unix_ms: i64,
+    /// Read every event even when the last refresh's state allows an
+    /// incremental one.
+    #[prost(bool, tag = "3")]
+    pub full: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -2452,9 +2456,11 @@ pub struct RefreshReport {
     pub version: u64,
     #[prost(int64, tag = "2")]
     pub now_unix_ms: i64,
+    /// Events the index covers: every event the last OneID run resolved.
     #[prost(uint64, tag = "3")]
     pub events: u64,
-    /// Events none of whose identifiers a live person holds (not resolved yet).
+    /// Of those, events none of whose identifiers a live person holds
+    /// (quarantined or blocklisted values only).
     #[prost(uint64, tag = "4")]
     pub unattributed_events: u64,
     #[prost(uint64, tag = "5")]
@@ -2469,6 +2475,16 @@ pub struct RefreshReport {
     pub phases: ::prost::alloc::vec::Vec<PhaseTime>,
     #[prost(double, tag = "10")]
     pub seconds: f64,
+    /// Events this refresh read: those committed since the last refresh when
+    /// incremental, else `events`.
+    #[prost(uint64, tag = "11")]
+    pub events_read: u64,
+    /// Started from the last refresh's accumulators.
+    #[prost(bool, tag = "12")]
+    pub incremental: bool,
+    /// Why every event was read (empty when incremental).
+    #[prost(string, tag = "13")]
+    pub full_reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -55,7 +55,7 @@ pub async fn run(
                 .into_inner();
             print_list(&list, json);
         }
-        TagsAction::Refresh { now } => {
+        TagsAction::Refresh { now, full } => {
             let now_unix_ms = match now {
                 Some(d) => d
                     .and_hms_opt(23, 59, 59)
@@ -63,7 +63,7 @@ pub async fn run(
                     .unwrap_or_default(),
                 None => 0,
             };
-            let r = refresh(channel, workspace, now_unix_ms, json).await?;
+            let r = refresh(channel, workspace, now_unix_ms, full, json).await?;
             print_refresh(&r, json);
         }
         TagsAction::Show { name } => {
@@ -164,6 +164,7 @@ pub async fn refresh(
     channel: Channel,
     workspace: &str,
     now_unix_ms: i64,
+    full: bool,
     quiet: bool,
 ) -> anyhow::Result<pb::RefreshReport> {
     let mut client = TagServiceClient::new(channel);
@@ -171,6 +172,7 @@ pub async fn refresh(
         .refresh(pb::RefreshTagsRequest {
             workspace: workspace.into(),
             now_unix_ms,
+            full,
         })
         .await
         .map_err(status_error)?
@@ -325,6 +327,7 @@ fn print_list(l: &pb::ListTagsResponse, json: bool) {
 pub fn refresh_json(r: &pb::RefreshReport) -> serde_json::Value {
     serde_json::json!({
         "version": r.version, "now_unix_ms": r.now_unix_ms, "events": r.events,
+        "events_read": r.events_read, "incremental": r.incremental, "full_reason": r.full_reason,
         "unattributed_events": r.unattributed_events, "persons": r.persons,
         "behaviour_keys": r.behaviour_keys, "index_bytes": r.index_bytes, "seconds": r.seconds,
         "phases": r.phases.iter().map(|p| serde_json::json!({"phase": p.phase, "seconds": p.seconds})).collect::<Vec<_>>(),
@@ -342,8 +345,13 @@ pub fn print_refresh(r: &pb::RefreshReport, json: bool) {
         println!("{}", refresh_json(r));
         return;
     }
+    let how = if r.incremental {
+        format!("incremental, {} new events read", r.events_read)
+    } else {
+        format!("every event read: {}", r.full_reason)
+    };
     println!(
-        "tags refreshed: version {}, {} persons, {} events ({} with no identifier in a person: quarantined, blocklisted or newer than the last resolve), {} behaviour keys, {:.1} MiB of index",
+        "tags refreshed: version {} ({how}); {} persons, {} events ({} with no identifier in a person: quarantined or blocklisted values only), {} behaviour keys, {:.1} MiB of index",
         r.version,
         r.persons,
         r.events,

@@ -77,6 +77,9 @@ pub(crate) fn refresh_report(r: RefreshReport) -> pb::RefreshReport {
             .map(|(phase, seconds)| pb::PhaseTime { phase, seconds })
             .collect(),
         seconds: r.seconds,
+        events_read: r.events_read,
+        incremental: r.incremental,
+        full_reason: r.full_reason,
     }
 }
 
@@ -158,7 +161,7 @@ impl TagService for Tags {
                     )),
                 }));
             };
-            let last = match ws.refresh_tags(now, &progress).await {
+            let last = match ws.refresh_tags_with(now, req.full, &progress).await {
                 Ok(r) => Ok(pb::RefreshTagsUpdate {
                     update: Some(pb::refresh_tags_update::Update::Report(refresh_report(r))),
                 }),

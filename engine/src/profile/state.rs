@@ -1,0 +1,305 @@
+//! What a refresh keeps for the next one: every per-person accumulator of the
+//! events read so far and the attribute history, with the Delta version of
+//! `events` and the OneID run they cover. An incremental refresh starts from
+//! it instead of reading every event again.
+//!
+//! File `index/refresh.state` (one, the latest; written atomically after the
+//! index version it belongs to), little-endian:
+//!
+//! ```text
+//! b"QRST"  u32 format (1)  u32 n  n bytes of JSON (StateMeta)
+//! u64 ordinals, then per ordinal: first_seen i64, last_seen i64, events u32,
+//!   orders u32, spend i64, last_order i64, register (i64 time, u32 channel)
+//! per ordinal: channel counts, category counts (u32 k, then k × (u32 id, u32 count))
+//! per ordinal: attributes (u32 k, then k × (u32 key, i64 time, u32 value))
+//! 5 string tables (channels, categories, attribute keys, attribute values,
+//!   event types): u32 k, then k × (u32 length, UTF-8)
+//! u64 history rows, each: u32 ordinal, u32 key, u32 value, i64 time, string event_id
+//! u64 events read, u64 events unattributed
+//! u32 CRC-32 of every byte before it
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::scan::{AttributeChange, BehaviourKey, Interner, Scan};
+use crate::index::Crc32Writer;
+use crate::{Error, Result};
+
+const MAGIC: &[u8; 4] = b"QRST";
+const FORMAT: u32 = 1;
+/// A corrupt length must not make a reader allocate without bound.
+const MAX_LEN: u64 = 1 << 32;
+
+/// What the accumulators cover.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StateMeta {
+    /// The index version built from them.
+    pub index_version: u64,
+    /// The Delta version of `events` read up to.
+    pub events_version: u64,
+    /// The OneID run events were attributed by.
+    pub identity_run: u64,
+    /// That run's rules hash.
+    pub rules_hash: String,
+    /// A hash of that run's quarantined values.
+    pub quarantine_hash: String,
+    /// Behaviour dimensions and multi-filter keys counted.
+    pub dimensions: Vec<String>,
+    pub combos: Vec<BehaviourKey>,
+}
+
+/// The state file of a workspace's index directory.
+pub(crate) fn path(index_dir: &Path) -> PathBuf {
+    index_dir.join("refresh.state")
+}
+
+fn put_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+    w.write_all(&(s.len() as u32).to_le_bytes())?;
+    w.write_all(s.as_bytes())
+}
+
+/// Writes `s` (its behaviour pairs are not kept) and `meta` atomically.
+pub(crate) fn write(index_dir: &Path, meta: &StateMeta, s: &Scan) -> Result<()> {
+    let json = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::index::write_atomic(&path(index_dir), |out| {
+        let mut w = Crc32Writer::new(out);
+        w.write_all(MAGIC)?;
+        w.write_all(&FORMAT.to_le_bytes())?;
+        w.write_all(&(json.len() as u32).to_le_bytes())?;
+        w.write_all(&json)?;
+        let n = s.events.len();
+        w.write_all(&(n as u64).to_le_bytes())?;
+        for p in 0..n {
+            w.write_all(&s.first_seen[p].to_le_bytes())?;
+            w.write_all(&s.last_seen[p].to_le_bytes())?;
+            w.write_all(&s.events[p].to_le_bytes())?;
+            w.write_all(&s.orders[p].to_le_bytes())?;
+            w.write_all(&s.spend[p].to_le_bytes())?;
+            w.write_all(&s.last_order[p].to_le_bytes())?;
+            w.write_all(&s.registered[p].0.to_le_bytes())?;
+            w.write_all(&s.registered[p].1.to_le_bytes())?;
+        }
+        for counts in [&s.channel_counts, &s.category_counts] {
+            for c in counts.iter() {
+                w.write_all(&(c.len() as u32).to_le_bytes())?;
+                for &(id, k) in c {
+                    w.write_all(&id.to_le_bytes())?;
+                    w.write_all(&k.to_le_bytes())?;
+                }
+            }
+        }
+        for a in &s.attributes {
+            w.write_all(&(a.len() as u32).to_le_bytes())?;
+            for &(key, at, value) in a {
+                w.write_all(&key.to_le_bytes())?;
+                w.write_all(&at.to_le_bytes())?;
+                w.write_all(&value.to_le_bytes())?;
+            }
+        }
+        for table in [
+            &s.channels,
+            &s.categories,
+            &s.attr_keys,
+            &s.attr_values,
+            &s.event_types,
+        ] {
+            w.write_all(&(table.names.len() as u32).to_le_bytes())?;
+            for name in &table.names {
+                put_str(&mut w, name)?;
+            }
+        }
+        w.write_all(&(s.history.len() as u64).to_le_bytes())?;
+        for c in &s.history {
+            w.write_all(&c.ordinal.to_le_bytes())?;
+            w.write_all(&c.key.to_le_bytes())?;
+            w.write_all(&c.value.to_le_bytes())?;
+            w.write_all(&c.at.to_le_bytes())?;
+            put_str(&mut w, &c.event_id)?;
+        }
+        w.write_all(&s.read.to_le_bytes())?;
+        w.write_all(&s.unattributed.to_le_bytes())?;
+        let crc = w.crc.finalize();
+        w.inner.write_all(&crc.to_le_bytes())
+    })
+}
+
+/// A cursor over the file's bytes.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| corrupt(format!("truncated at byte {}", self.at)))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or([0; 4]),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or([0; 8]),
+        ))
+    }
+
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or([0; 8]),
+        ))
+    }
+
+    fn len(&mut self, of: u64) -> Result<usize> {
+        if of > MAX_LEN || of as usize > self.bytes.len() {
+            return Err(corrupt(format!("a length of {of} at byte {}", self.at)));
+        }
+        Ok(of as usize)
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let n = self.u32()?;
+        let n = self.len(u64::from(n))?;
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| corrupt(format!("a string that is not UTF-8 at byte {}", self.at)))
+    }
+}
+
+fn corrupt(why: String) -> Error {
+    Error::Internal(format!("refresh state: {why}"))
+}
+
+/// Reads the state; `Ok(None)` when there is none.
+pub(crate) fn read(index_dir: &Path) -> Result<Option<(StateMeta, Scan)>> {
+    let file = path(index_dir);
+    let bytes = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(file, e)),
+    };
+    if bytes.len() < 16 || &bytes[..4] != MAGIC {
+        return Err(corrupt("not a QRST file".into()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap_or([0; 4])) {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let mut r = Cursor { bytes: body, at: 4 };
+    let format = r.u32()?;
+    if format != FORMAT {
+        return Err(corrupt(format!(
+            "format {format}; this build reads {FORMAT}"
+        )));
+    }
+    let n = r.u32()?;
+    let n = r.len(u64::from(n))?;
+    let meta: StateMeta =
+        serde_json::from_slice(r.take(n)?).map_err(|e| corrupt(format!("meta: {e}")))?;
+    let n = r.u64()?;
+    let n = r.len(n)?;
+    let mut s = Scan::new(n);
+    for p in 0..n {
+        s.first_seen[p] = r.i64()?;
+        s.last_seen[p] = r.i64()?;
+        s.events[p] = r.u32()?;
+        s.orders[p] = r.u32()?;
+        s.spend[p] = r.i64()?;
+        s.last_order[p] = r.i64()?;
+        s.registered[p] = (r.i64()?, r.u32()?);
+    }
+    for which in 0..2 {
+        for p in 0..n {
+            let k = r.u32()?;
+            let k = r.len(u64::from(k))?;
+            let mut c = Vec::with_capacity(k);
+            for _ in 0..k {
+                c.push((r.u32()?, r.u32()?));
+            }
+            if which == 0 {
+                s.channel_counts[p] = c;
+            } else {
+                s.category_counts[p] = c;
+            }
+        }
+    }
+    for p in 0..n {
+        let k = r.u32()?;
+        let k = r.len(u64::from(k))?;
+        let mut a = Vec::with_capacity(k);
+        for _ in 0..k {
+            a.push((r.u32()?, r.i64()?, r.u32()?));
+        }
+        s.attributes[p] = a;
+    }
+    let mut tables = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let k = r.u32()?;
+        let k = r.len(u64::from(k))?;
+        let mut t = Interner::default();
+        for _ in 0..k {
+            t.intern(&r.string()?);
+        }
+        if t.names.len() != k {
+            return Err(corrupt("a string table holds a name twice".into()));
+        }
+        tables.push(t);
+    }
+    let mut tables = tables.into_iter();
+    let mut next = || tables.next().unwrap_or_default();
+    s.channels = next();
+    s.categories = next();
+    s.attr_keys = next();
+    s.attr_values = next();
+    s.event_types = next();
+    let h = r.u64()?;
+    let h = r.len(h)?;
+    s.history.reserve(h);
+    for _ in 0..h {
+        s.history.push(AttributeChange {
+            ordinal: r.u32()?,
+            key: r.u32()?,
+            value: r.u32()?,
+            at: r.i64()?,
+            event_id: r.string()?,
+        });
+    }
+    s.read = r.u64()?;
+    s.unattributed = r.u64()?;
+    if r.at != body.len() {
+        return Err(corrupt(format!("{} bytes left over", body.len() - r.at)));
+    }
+    // Ids must name an entry of their table.
+    let bad = |id: u32, t: &Interner| id != u32::MAX && id as usize >= t.names.len();
+    let ids_ok = s.registered.iter().all(|r| !bad(r.1, &s.channels))
+        && s.channel_counts
+            .iter()
+            .flatten()
+            .all(|c| !bad(c.0, &s.channels))
+        && s.category_counts
+            .iter()
+            .flatten()
+            .all(|c| !bad(c.0, &s.categories))
+        && s.attributes
+            .iter()
+            .flatten()
+            .all(|a| !bad(a.0, &s.attr_keys) && !bad(a.2, &s.attr_values))
+        && s.history
+            .iter()
+            .all(|c| !bad(c.key, &s.attr_keys) && !bad(c.value, &s.attr_values));
+    if !ids_ok {
+        return Err(corrupt("an id outside its string table".into()));
+    }
+    Ok(Some((meta, s)))
+}
