@@ -14,6 +14,12 @@
 //! numeric and behaviour rule tags refreshed once on a fresh server, for its
 //! time, peak RSS and index size (the issue's memory target), and the time
 //! a fresh server takes to load that version.
+//!
+//! Last, the incremental step: the events of the data's last days (≈ 1%),
+//! held back so far, are ingested and resolved (an incremental OneID run),
+//! then one refresh (incremental unless OneID split persons or changed its
+//! quarantined values; the report says which) and one `--full` refresh, whose
+//! coverage must be the same.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -45,6 +51,76 @@ pub struct Args {
     /// skips it.
     #[arg(long, default_value_t = 100)]
     tags: usize,
+    /// The data's last days, held back for the incremental step (0: none).
+    #[arg(long, default_value_t = 3)]
+    held_days: u32,
+}
+
+/// Splits every events file of `files` at `cutoff` (µs): earlier events go to
+/// `dir/early-*.parquet`, the rest to `dir/late-*.parquet`.
+fn split_at(
+    files: &[PathBuf],
+    dir: &Path,
+    cutoff: i64,
+) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>, u64)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let (mut early, mut late, mut held) = (Vec::new(), Vec::new(), 0u64);
+    for (i, f) in files.iter().enumerate() {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f)?)?.build()?;
+        let schema = arrow::array::RecordBatchReader::schema(&reader);
+        let paths = [
+            dir.join(format!("early-{i:05}.parquet")),
+            dir.join(format!("late-{i:05}.parquet")),
+        ];
+        let mut writers = paths
+            .iter()
+            .map(|p| {
+                Ok(parquet::arrow::ArrowWriter::try_new(
+                    std::fs::File::create(p)?,
+                    schema.clone(),
+                    None,
+                )?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for batch in reader {
+            let batch = batch?;
+            let time = batch
+                .column_by_name("event_time")
+                .context("events file without event_time")?;
+            let micros = arrow::compute::cast(
+                time,
+                &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+            )?;
+            let micros = arrow::compute::cast(&micros, &DataType::Int64)?;
+            let micros = micros.as_primitive::<arrow::datatypes::Int64Type>();
+            let is_late: arrow::array::BooleanArray = micros
+                .iter()
+                .map(|t| Some(t.is_some_and(|t| t >= cutoff)))
+                .collect();
+            let is_early = arrow::compute::not(&is_late)?;
+            held += is_late.true_count() as u64;
+            writers[0].write(&arrow::compute::filter_record_batch(&batch, &is_early)?)?;
+            writers[1].write(&arrow::compute::filter_record_batch(&batch, &is_late)?)?;
+        }
+        for w in writers {
+            w.close()?;
+        }
+        early.push(paths[0].clone());
+        late.push(paths[1].clone());
+    }
+    Ok((early, late, held))
+}
+
+/// What the incremental step measured.
+struct Step {
+    held_events: u64,
+    resolve_secs: f64,
+    resolved: serde_json::Value,
+    incremental_secs: f64,
+    incremental: serde_json::Value,
+    full_secs: f64,
+    full: serde_json::Value,
 }
 
 /// The generator's categories (`quiver-data`'s catalog).
@@ -158,9 +234,14 @@ fn cli_json(server: &Server, bin: &Path, args: &[&str]) -> anyhow::Result<serde_
     serde_json::from_str(out.trim()).with_context(|| format!("quiver {args:?}: JSON output"))
 }
 
-/// `quiver tags refresh --now NOW`: the refresh report.
-fn refresh(server: &Server, bin: &Path, now: &str) -> anyhow::Result<serde_json::Value> {
-    let args = [
+/// `quiver tags refresh --now NOW [--full]`: the refresh report.
+fn refresh(
+    server: &Server,
+    bin: &Path,
+    now: &str,
+    full: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let mut args = vec![
         "--workspace",
         "shop",
         "--json",
@@ -169,6 +250,9 @@ fn refresh(server: &Server, bin: &Path, now: &str) -> anyhow::Result<serde_json:
         "--now",
         now,
     ];
+    if full {
+        args.push("--full");
+    }
     cli_json(server, bin, &args)
 }
 
@@ -284,8 +368,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let data = base.join("quiver-data");
     let _ = std::fs::remove_dir_all(&data);
 
-    // Load, resolve and define the seed tags.
-    let files = util::files_in(&gen_dir, "events", ".parquet")?;
+    // Load (all but the last days' events), resolve and define the seed tags.
+    let all_files = util::files_in(&gen_dir, "events", ".parquet")?;
+    let (files, late_files, held_events) = if args.held_days > 0 {
+        let cutoff = (end - chrono::Days::new(u64::from(args.held_days) - 1))
+            .and_hms_opt(0, 0, 0)
+            .context("cutoff")?
+            .and_utc()
+            .timestamp_micros();
+        split_at(&all_files, &base.join("split"), cutoff)?
+    } else {
+        (all_files, Vec::new(), 0)
+    };
     let (ingest_secs, resolve_secs, resolved) = {
         let server = Server::start(&bin, &data)?;
         server.cli(&bin, &["workspace", "create", "shop"])?;
@@ -328,7 +422,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for i in 0..args.runs {
         rss_before.push(util::proc_mib(pid, "VmRSS:"));
         let t = Instant::now();
-        let r = refresh(&server, &bin, &now)?;
+        let r = refresh(&server, &bin, &now, true)?;
         walls.push(t.elapsed().as_secs_f64());
         hwm.push(util::proc_mib(pid, "VmHWM:"));
         println!(
@@ -544,7 +638,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let server = Server::start(&bin, &data)?;
         let pid = server.pid().context("server pid")?;
         let t = Instant::now();
-        let r = refresh(&server, &bin, &now)?;
+        let r = refresh(&server, &bin, &now, true)?;
         let secs = t.elapsed().as_secs_f64();
         let peak = util::proc_mib(pid, "VmHWM:");
         let defined = r["tags"].as_array().map_or(0, Vec::len);
@@ -590,6 +684,61 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             warm_secs,
             rss_idle,
             rss_loaded: loaded,
+        });
+    }
+
+    // The incremental step: the held-back days arrive, OneID runs
+    // incrementally, then an incremental refresh and a full one must agree.
+    let mut step = None;
+    if !late_files.is_empty() {
+        let server = Server::start_with(
+            &bin,
+            &data,
+            &[("QUIVER_TAGS__REFRESH_AFTER_RESOLVE", "false")],
+        )?;
+        util::ingest_flight(&server, &bin, &late_files)?;
+        server.cli(&bin, &["--workspace", "shop", "workspace", "flush"])?;
+        let t = Instant::now();
+        let resolved = cli_json(&server, &bin, &["--workspace", "shop", "--json", "resolve"])?;
+        let resolve_secs = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let inc = refresh(&server, &bin, &now, false)?;
+        let incremental_secs = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let full = refresh(&server, &bin, &now, true)?;
+        let full_secs = t.elapsed().as_secs_f64();
+        println!(
+            "incremental step: {held_events} held-back events; resolve {resolve_secs:.2}s (incremental {}, {} merges, {} splits); \
+             refresh {incremental_secs:.2}s (incremental {}, {} events read{}; {}); full refresh {full_secs:.2}s ({})",
+            resolved["incremental"],
+            resolved["merges"],
+            resolved["splits"],
+            inc["incremental"],
+            inc["events_read"],
+            match inc["full_reason"].as_str() {
+                Some(r) if !r.is_empty() => format!(", full because {r}"),
+                _ => String::new(),
+            },
+            phases(&inc),
+            phases(&full),
+        );
+        if inc["tags"] != full["tags"]
+            || inc["persons"] != full["persons"]
+            || inc["events"] != full["events"]
+        {
+            failures.push(format!(
+                "the incremental refresh's coverage differs from the full one's: {} vs {}",
+                inc["tags"], full["tags"]
+            ));
+        }
+        step = Some(Step {
+            held_events,
+            resolve_secs,
+            resolved,
+            incremental_secs,
+            incremental: inc,
+            full_secs,
+            full,
         });
     }
 
@@ -668,6 +817,50 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 w.warm_secs,
                 mib(w.rss_idle),
                 mib(w.rss_loaded),
+            ),
+        });
+    }
+    if let Some(s) = &step {
+        rows.push(Row {
+            system: "Quiver".into(),
+            what: format!(
+                "incremental step: the last {} days' events ({}) ingested and resolved, then one refresh",
+                args.held_days, s.held_events
+            ),
+            seconds: s.incremental_secs,
+            rss_mib: None,
+            note: format!(
+                "incremental: {}{}; {} events read; server-side {:.2}s ({}); before it, resolve {:.2}s (incremental {}, {} merges, {} splits, {} quarantined)",
+                s.incremental["incremental"],
+                match s.incremental["full_reason"].as_str() {
+                    Some(r) if !r.is_empty() => format!(" (every event read: {r})"),
+                    _ => String::new(),
+                },
+                s.incremental["events_read"],
+                s.incremental["seconds"].as_f64().unwrap_or(f64::NAN),
+                phases(&s.incremental),
+                s.resolve_secs,
+                s.resolved["incremental"],
+                s.resolved["merges"],
+                s.resolved["splits"],
+                s.resolved["quarantined_count"],
+            ),
+        });
+        rows.push(Row {
+            system: "Quiver".into(),
+            what: "incremental step: the same refresh with --full (must agree)".into(),
+            seconds: s.full_secs,
+            rss_mib: None,
+            note: format!(
+                "server-side {:.2}s ({}); {} events, coverage {}",
+                s.full["seconds"].as_f64().unwrap_or(f64::NAN),
+                phases(&s.full),
+                s.full["events"],
+                if s.full["tags"] == s.incremental["tags"] {
+                    "equal"
+                } else {
+                    "DIFFERENT"
+                },
             ),
         });
     }

@@ -80,6 +80,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(bin: &Path, data: &Path) -> anyhow::Result<Server> {
+        Self::start_with(bin, data, &[])
+    }
+
+    /// [`Server::start`] with extra `QUIVER_*` configuration variables.
+    pub fn start_with(bin: &Path, data: &Path, env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let mut child = Command::new(bin)
             .args([
                 "serve",
@@ -91,6 +96,7 @@ impl Server {
             ])
             .arg(data)
             .env("QUIVER_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()?;
         let out = child.stdout.take().context("stdout")?;
