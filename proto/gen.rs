@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "query.proto",
         "identity.proto",
         "tag.proto",
+        "segment.proto",
     ]
     .map(|p| root.join("quiver/v1").join(p));
     tonic_prost_build::configure()

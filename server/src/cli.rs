@@ -96,6 +96,159 @@ pub enum Command {
         #[command(subcommand)]
         action: WorkspaceAction,
     },
+    /// Count the persons a segment expression selects (bitmaps, no event scan).
+    Count {
+        /// The expression, e.g. "member_level = 'vip' AND skincare_lover".
+        expr: String,
+        #[command(flatten)]
+        when: When,
+    },
+    /// A segment's members per value of a tag, attribute or trait, or per
+    /// numeric bucket.
+    Breakdown {
+        /// The expression.
+        expr: String,
+        /// An enumerated tag, attribute or trait, a boolean tag, or a numeric trait.
+        #[arg(long)]
+        by: String,
+        /// Numeric `--by`: bucket edges, e.g. `0,100,500,1000` [default: ten
+        /// equal-width buckets].
+        #[arg(long, value_delimiter = ',')]
+        edges: Vec<f64>,
+        #[command(flatten)]
+        when: When,
+    },
+    /// Write a segment's members: a portable roaring bitmap of ordinals, or
+    /// identifiers of one kind, one per line.
+    Export {
+        /// The expression.
+        expr: String,
+        /// `roaring` or `ids`.
+        #[arg(long, default_value = "roaring")]
+        format: ExportFormat,
+        /// For `ids`: person_id, phone, email, unionid, member, device,
+        /// openid or openid:<appid>.
+        #[arg(long, default_value = "person_id")]
+        id_kind: String,
+        /// For `ids`: write SHA-256 (hex) of each value (`sha256`).
+        #[arg(long)]
+        hash: Option<HashArg>,
+        /// Output file.
+        #[arg(short, long)]
+        out: PathBuf,
+        #[command(flatten)]
+        when: When,
+    },
+    /// Saved segments, snapshots and their diffs, splits, overlaps.
+    Segments {
+        #[command(subcommand)]
+        action: SegmentsAction,
+    },
+}
+
+/// When a segment question is answered.
+#[derive(Debug, Clone, Args)]
+pub struct When {
+    /// "Now" for windows such as `IN LAST 30 DAYS` (the end of that UTC
+    /// day) [default: the server's clock].
+    #[arg(long)]
+    pub now: Option<chrono::NaiveDate>,
+    /// Answer as of the end of this UTC day: the newest kept tag index
+    /// version built by then, windows ending that day.
+    #[arg(long)]
+    pub as_of: Option<chrono::NaiveDate>,
+}
+
+/// `quiver export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// A portable roaring bitmap of person ordinals.
+    Roaring,
+    /// Identifiers of `--id-kind`, one per line.
+    Ids,
+}
+
+/// `quiver export --hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HashArg {
+    /// Lower-case hex SHA-256 of the normalised value.
+    Sha256,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SegmentsAction {
+    /// Save (or replace) a segment, usable as `segment('NAME')`.
+    Save {
+        /// Its name.
+        name: String,
+        /// The expression.
+        expr: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List saved segments.
+    List,
+    /// One saved segment.
+    Get {
+        /// Its name.
+        name: String,
+    },
+    /// Delete a saved segment (refused while another refers to it).
+    Delete {
+        /// Its name.
+        name: String,
+    },
+    /// Keep a saved segment's current members as a snapshot.
+    Snapshot {
+        /// The saved segment.
+        name: String,
+        /// "Now" for windows [default: the server's clock].
+        #[arg(long)]
+        now: Option<chrono::NaiveDate>,
+    },
+    /// List snapshots (of one saved segment when named).
+    Snapshots {
+        /// The saved segment.
+        name: Option<String>,
+    },
+    /// Who entered, left and stayed between two snapshots.
+    Diff {
+        /// The earlier snapshot's id.
+        from: u64,
+        /// The later snapshot's id.
+        to: u64,
+        /// Also write entered.roaring, left.roaring and stayed.roaring here.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Deterministic groups (A/B, holdout) from a hash of person_id and a salt.
+    Split {
+        /// The expression.
+        expr: String,
+        /// The same salt puts the same person in the same group.
+        #[arg(long)]
+        salt: String,
+        /// Group weights, e.g. `90,10` for a 10% holdout.
+        #[arg(long, value_delimiter = ',', default_value = "50,50")]
+        weights: Vec<u32>,
+        /// Group names [default: A, B, ...].
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
+        /// Also write `<group>.roaring` per group here.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        #[command(flatten)]
+        when: When,
+    },
+    /// The size of every intersection of 1 to 4 segments.
+    Overlap {
+        /// 1 to 4 expressions.
+        #[arg(required = true, num_args = 1..=4)]
+        exprs: Vec<String>,
+        #[command(flatten)]
+        when: When,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,6 +492,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs("warn", false);
             let channel = client::connect(&g.server).await?;
             client::workspace(channel, action, g.workspace.as_deref(), g.json).await
+        }
+        Command::Count { expr, when } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            client::segments::count(channel, &ws, &expr, &when, g.json).await
+        }
+        Command::Breakdown {
+            expr,
+            by,
+            edges,
+            when,
+        } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            client::segments::breakdown(channel, &ws, &expr, &by, edges, &when, g.json).await
+        }
+        Command::Export {
+            expr,
+            format,
+            id_kind,
+            hash,
+            out,
+            when,
+        } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            let opts = client::segments::ExportOptions {
+                format,
+                id_kind,
+                sha256: hash == Some(HashArg::Sha256),
+            };
+            client::segments::export(channel, &ws, &expr, &opts, &out, &when, g.json).await
+        }
+        Command::Segments { action } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            client::segments::run(channel, &ws, action, g.json).await
         }
     }
 }

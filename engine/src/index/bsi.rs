@@ -169,6 +169,36 @@ impl Bsi {
         rest.add(&Bsi::from_sorted_values(&moved))
     }
 
+    /// The smallest and largest value among the persons of `within` that
+    /// have one: one pass over the bit slices from the top, keeping the
+    /// persons whose bit is clear (for the minimum) or set (for the maximum)
+    /// when any are left.
+    pub fn min_max(&self, within: &RoaringBitmap) -> Option<(i64, i64)> {
+        let set = &self.exists & within;
+        if set.is_empty() {
+            return None;
+        }
+        let (mut lo_set, mut hi_set) = (set.clone(), set);
+        let (mut lo, mut hi) = (0u64, 0u64);
+        for (bit, slice) in self.slices.iter().enumerate().rev() {
+            let clear = &lo_set - slice;
+            if clear.is_empty() {
+                lo |= 1 << bit;
+            } else {
+                lo_set = clear;
+            }
+            let set_bit = &hi_set & slice;
+            if !set_bit.is_empty() {
+                hi |= 1 << bit;
+                hi_set = set_bit;
+            }
+        }
+        Some((
+            self.base.wrapping_add(lo as i64),
+            self.base.wrapping_add(hi as i64),
+        ))
+    }
+
     /// Every `(ordinal, value)`, ascending by ordinal.
     pub fn values(&self) -> Vec<(Ordinal, i64)> {
         let mut out: Vec<(Ordinal, u64)> = self.exists.iter().map(|o| (Ordinal(o), 0)).collect();

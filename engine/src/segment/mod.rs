@@ -1,6 +1,9 @@
-//! The segment language: the tree ([`Expr`]), its parser ([`parse`]), its
+//! Segments: the language — the tree ([`Expr`]), its parser ([`parse`]), its
 //! printer (`Display`: `parse(&e.to_string()) == Ok(e)`) and its JSON form
-//! (serde on [`Expr`]).
+//! (serde on [`Expr`]) — its evaluation over a tag index ([`evaluate`]), and
+//! the audience requests on a workspace (count, breakdown, overlap, split,
+//! saved segments, snapshots and diffs, export; `Workspace::audience` and
+//! its neighbours).
 //!
 //! ```text
 //! member_level = 'vip' AND skincare_lover
@@ -10,10 +13,38 @@
 //! ```
 
 mod ast;
+mod audience;
 mod eval;
 mod parse;
 mod print;
+mod saved;
 
 pub use ast::{Cmp, Did, Expr, Literal, Window};
+pub(crate) use audience::SegmentState;
+pub use audience::{
+    Audience, AudienceOptions, Breakdown, BreakdownRow, IdHash, Overlap, SnapshotDiff, SplitGroup,
+};
 pub use eval::{day_number, evaluate, near};
 pub use parse::{ParseError, parse};
+pub use saved::{SavedSegment, SnapshotInfo};
+
+/// An expression from its text or, when the text is empty, its JSON form;
+/// a parse error becomes an invalid `expression` (line, column, what was
+/// expected, caret).
+pub fn parse_text_or_json(text: &str, json: &str) -> crate::Result<Expr> {
+    if !text.trim().is_empty() {
+        return parse(text).map_err(|e| crate::Error::invalid("expression", e.to_string()));
+    }
+    if json.trim().is_empty() {
+        return Err(crate::Error::invalid(
+            "expression",
+            "empty: give the expression as text or as JSON",
+        ));
+    }
+    let e: Expr = serde_json::from_str(json)
+        .map_err(|e| crate::Error::invalid("expression_json", e.to_string()))?;
+    // The JSON form holds the same trees as the text: check it round-trips.
+    parse(&e.to_string()).map_err(|err| {
+        crate::Error::invalid("expression_json", format!("not a valid expression ({err})"))
+    })
+}

@@ -76,6 +76,7 @@ pub struct Workspace {
     last_optimize: Mutex<Instant>,
     identity_lock: tokio::sync::Mutex<()>,
     tags: crate::tag::TagState,
+    segments: crate::segment::SegmentState,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -172,6 +173,7 @@ impl Workspace {
             last_optimize: Mutex::new(Instant::now()),
             identity_lock: tokio::sync::Mutex::new(()),
             tags: crate::tag::TagState::new(tags_cfg.clone()),
+            segments: crate::segment::SegmentState::default(),
         });
         spawn_background(Arc::downgrade(&ws));
         if tags_every > 0 {
@@ -450,6 +452,10 @@ impl Workspace {
     /// Tag definitions' lock, latest index and config.
     pub(crate) fn tag_state(&self) -> &crate::tag::TagState {
         &self.tags
+    }
+
+    pub(crate) fn segment_state(&self) -> &crate::segment::SegmentState {
+        &self.segments
     }
 
     /// A consistent view for queries: the committed table and the rows above it.

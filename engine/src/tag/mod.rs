@@ -23,6 +23,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use parking_lot::RwLock;
 
+pub(crate) use build::format_scaled;
 pub use build::{RefreshReport, TagCoverage};
 pub use def::{
     BehaviourConfig, Catalog, DefinitionFormat, STANDARD_EVENT_TYPES, TagDef, TagDefinitions,

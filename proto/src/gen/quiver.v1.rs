@@ -3351,3 +3351,1507 @@ pub mod tag_service_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// An audience question: an expression and when to answer it.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Audience {
+    /// The expression in the segment language, e.g.
+    /// `member_level = 'vip' AND NOT did(purchase) IN LAST 30 DAYS`.
+    #[prost(string, tag = "1")]
+    pub expression: ::prost::alloc::string::String,
+    /// Or its JSON form (used when `expression` is empty).
+    #[prost(string, tag = "2")]
+    pub expression_json: ::prost::alloc::string::String,
+    /// "Now" for windows, ms since the epoch; 0: the server's clock (or the end
+    /// of `as_of`).
+    #[prost(int64, tag = "3")]
+    pub now_unix_ms: i64,
+    /// `YYYY-MM-DD`: answer with the newest kept tag index version built by the
+    /// end of that UTC day, windows ending that day. Empty: the latest version.
+    #[prost(string, tag = "4")]
+    pub as_of: ::prost::alloc::string::String,
+}
+/// How an answer was computed.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Evaluated {
+    /// Live persons of the index version.
+    #[prost(uint64, tag = "1")]
+    pub persons: u64,
+    #[prost(uint64, tag = "2")]
+    pub index_version: u64,
+    #[prost(int64, tag = "3")]
+    pub index_built_at_unix_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub now_unix_ms: i64,
+    /// Server-side evaluation time (bitmap work), microseconds.
+    #[prost(uint64, tag = "5")]
+    pub micros: u64,
+    /// The expression as the server understood it (canonical text).
+    #[prost(string, tag = "6")]
+    pub expression: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CountRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub audience: ::core::option::Option<Audience>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CountResponse {
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
+    #[prost(message, optional, tag = "2")]
+    pub evaluated: ::core::option::Option<Evaluated>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BreakdownRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub audience: ::core::option::Option<Audience>,
+    /// An enumerated tag, attribute or trait, a boolean tag, or a numeric trait.
+    #[prost(string, tag = "3")]
+    pub by: ::prost::alloc::string::String,
+    /// Numeric `by` only: bucket edges `\[a, b, c\]` give `< a`, `[a, b)`,
+    /// `[b, c)`, `>= c`. Empty: ten equal-width buckets over the members.
+    #[prost(double, repeated, tag = "4")]
+    pub edges: ::prost::alloc::vec::Vec<f64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BreakdownRow {
+    #[prost(string, tag = "1")]
+    pub value: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BreakdownResponse {
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub rows: ::prost::alloc::vec::Vec<BreakdownRow>,
+    #[prost(message, optional, tag = "3")]
+    pub evaluated: ::core::option::Option<Evaluated>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct OverlapRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    /// 1 to 4 expressions; their `now_unix_ms` and `as_of` are the first one's.
+    #[prost(message, repeated, tag = "2")]
+    pub audiences: ::prost::alloc::vec::Vec<Audience>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Intersection {
+    /// Indexes into the request's audiences.
+    #[prost(uint32, repeated, tag = "1")]
+    pub of: ::prost::alloc::vec::Vec<u32>,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct OverlapResponse {
+    /// Every non-empty subset, in binary order: {0}, {1}, {0,1}, {2}, ...
+    #[prost(message, repeated, tag = "1")]
+    pub intersections: ::prost::alloc::vec::Vec<Intersection>,
+    #[prost(message, optional, tag = "2")]
+    pub evaluated: ::core::option::Option<Evaluated>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SavedSegment {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub expression: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub description: ::prost::alloc::string::String,
+    #[prost(int64, tag = "4")]
+    pub created_at_unix_ms: i64,
+    #[prost(int64, tag = "5")]
+    pub updated_at_unix_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SaveSegmentRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// Text or JSON form, as in `Audience`.
+    #[prost(string, tag = "3")]
+    pub expression: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub expression_json: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub description: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListSegmentsRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListSegmentsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub segments: ::prost::alloc::vec::Vec<SavedSegment>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetSegmentRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteSegmentRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteSegmentResponse {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SnapshotRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    /// A saved segment.
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// "Now" for windows, ms since the epoch; 0: the server's clock.
+    #[prost(int64, tag = "3")]
+    pub now_unix_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SnapshotInfo {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub segment: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub expression: ::prost::alloc::string::String,
+    #[prost(int64, tag = "4")]
+    pub taken_at_unix_ms: i64,
+    #[prost(int64, tag = "5")]
+    pub now_unix_ms: i64,
+    #[prost(uint64, tag = "6")]
+    pub index_version: u64,
+    #[prost(uint64, tag = "7")]
+    pub count: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListSnapshotsRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    /// Only this saved segment's (empty: all).
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListSnapshotsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub snapshots: ::prost::alloc::vec::Vec<SnapshotInfo>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DiffRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub from_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub to_id: u64,
+    /// Also return the three sets as portable roaring bitmaps.
+    #[prost(bool, tag = "4")]
+    pub bitmaps: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DiffResponse {
+    #[prost(message, optional, tag = "1")]
+    pub from: ::core::option::Option<SnapshotInfo>,
+    #[prost(message, optional, tag = "2")]
+    pub to: ::core::option::Option<SnapshotInfo>,
+    #[prost(uint64, tag = "3")]
+    pub entered: u64,
+    #[prost(uint64, tag = "4")]
+    pub left: u64,
+    #[prost(uint64, tag = "5")]
+    pub stayed: u64,
+    #[prost(bytes = "vec", tag = "6")]
+    pub entered_bitmap: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "7")]
+    pub left_bitmap: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "8")]
+    pub stayed_bitmap: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SplitRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub audience: ::core::option::Option<Audience>,
+    /// The same salt puts the same person in the same group.
+    #[prost(string, tag = "3")]
+    pub salt: ::prost::alloc::string::String,
+    /// Two or more; e.g. \[50, 50\], or \[90, 10\] for a 10% holdout. Empty: \[50, 50\].
+    #[prost(uint32, repeated, tag = "4")]
+    pub weights: ::prost::alloc::vec::Vec<u32>,
+    /// Optional group names (default A, B, ...).
+    #[prost(string, repeated, tag = "5")]
+    pub names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Also return each group's members as a portable roaring bitmap.
+    #[prost(bool, tag = "6")]
+    pub bitmaps: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SplitGroup {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub weight: u32,
+    #[prost(uint64, tag = "3")]
+    pub count: u64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub bitmap: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SplitResponse {
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub groups: ::prost::alloc::vec::Vec<SplitGroup>,
+    #[prost(message, optional, tag = "3")]
+    pub evaluated: ::core::option::Option<Evaluated>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExportRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub audience: ::core::option::Option<Audience>,
+    #[prost(enumeration = "ExportFormat", tag = "3")]
+    pub format: i32,
+    /// For ids: `person_id`, `phone`, `email`, `unionid`, `member`, `device`,
+    /// `openid` (`<appid>:<openid>`) or `openid:<appid>` (that app's, bare).
+    #[prost(string, tag = "4")]
+    pub id_kind: ::prost::alloc::string::String,
+    #[prost(enumeration = "IdHash", tag = "5")]
+    pub hash: i32,
+    /// Identifiers per chunk (default 10,000).
+    #[prost(uint32, tag = "6")]
+    pub page_size: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExportChunk {
+    /// Roaring: consecutive pieces of one bitmap.
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    /// Ids: one page.
+    #[prost(string, repeated, tag = "2")]
+    pub ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Set on the first chunk.
+    #[prost(uint64, tag = "3")]
+    pub count: u64,
+    #[prost(message, optional, tag = "4")]
+    pub evaluated: ::core::option::Option<Evaluated>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ExportFormat {
+    /// A portable roaring bitmap of person ordinals (CRoaring, Java, Go,
+    /// pyroaring read it).
+    Roaring = 0,
+    /// Identifiers of `id_kind`, one per line.
+    Ids = 1,
+}
+impl ExportFormat {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Roaring => "EXPORT_FORMAT_ROARING",
+            Self::Ids => "EXPORT_FORMAT_IDS",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EXPORT_FORMAT_ROARING" => Some(Self::Roaring),
+            "EXPORT_FORMAT_IDS" => Some(Self::Ids),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum IdHash {
+    None = 0,
+    /// Lower-case hex SHA-256 of the normalised value.
+    Sha256 = 1,
+}
+impl IdHash {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::None => "ID_HASH_NONE",
+            Self::Sha256 => "ID_HASH_SHA256",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ID_HASH_NONE" => Some(Self::None),
+            "ID_HASH_SHA256" => Some(Self::Sha256),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod segment_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Segments: audience questions answered with bitmap operations over the tag
+    /// index (no event scan), saved segments, snapshots and their diffs,
+    /// deterministic splits, and the audience delivered as a bitmap or as
+    /// identifiers.
+    #[derive(Debug, Clone)]
+    pub struct SegmentServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> SegmentServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> SegmentServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            SegmentServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Members of an expression: the count and the time taken.
+        pub async fn count(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CountRequest>,
+        ) -> std::result::Result<tonic::Response<super::CountResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Count",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Count"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The members per value of an enumerated tag, attribute or trait (or a
+        /// boolean tag), or per bucket of a numeric trait.
+        pub async fn breakdown(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BreakdownRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BreakdownResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Breakdown",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Breakdown"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The size of every intersection of 1 to 4 expressions.
+        pub async fn overlap(
+            &mut self,
+            request: impl tonic::IntoRequest<super::OverlapRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::OverlapResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Overlap",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Overlap"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Saves (or replaces) a segment, usable as `segment('name')`.
+        pub async fn save(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SaveSegmentRequest>,
+        ) -> std::result::Result<tonic::Response<super::SavedSegment>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Save",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Save"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListSegmentsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListSegmentsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/List",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "List"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetSegmentRequest>,
+        ) -> std::result::Result<tonic::Response<super::SavedSegment>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Get",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Get"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Refused while another saved segment refers to it.
+        pub async fn delete(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteSegmentRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteSegmentResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Delete",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Delete"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Keeps a saved segment's members at this moment as a bitmap.
+        pub async fn snapshot(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SnapshotRequest>,
+        ) -> std::result::Result<tonic::Response<super::SnapshotInfo>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Snapshot",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Snapshot"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_snapshots(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListSnapshotsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListSnapshotsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/ListSnapshots",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "ListSnapshots"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Who entered, left and stayed between two snapshots.
+        pub async fn diff(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DiffRequest>,
+        ) -> std::result::Result<tonic::Response<super::DiffResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Diff",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Diff"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Deterministic A/B or holdout groups from a hash of person_id and a salt.
+        pub async fn split(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SplitRequest>,
+        ) -> std::result::Result<tonic::Response<super::SplitResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Split",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Split"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The audience as a portable roaring bitmap of person ordinals, or as
+        /// identifiers of a chosen kind, in chunks.
+        pub async fn export(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExportRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ExportChunk>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.SegmentService/Export",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.SegmentService", "Export"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod segment_service_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with SegmentServiceServer.
+    #[async_trait]
+    pub trait SegmentService: std::marker::Send + std::marker::Sync + 'static {
+        /// Members of an expression: the count and the time taken.
+        async fn count(
+            &self,
+            request: tonic::Request<super::CountRequest>,
+        ) -> std::result::Result<tonic::Response<super::CountResponse>, tonic::Status>;
+        /// The members per value of an enumerated tag, attribute or trait (or a
+        /// boolean tag), or per bucket of a numeric trait.
+        async fn breakdown(
+            &self,
+            request: tonic::Request<super::BreakdownRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BreakdownResponse>,
+            tonic::Status,
+        >;
+        /// The size of every intersection of 1 to 4 expressions.
+        async fn overlap(
+            &self,
+            request: tonic::Request<super::OverlapRequest>,
+        ) -> std::result::Result<tonic::Response<super::OverlapResponse>, tonic::Status>;
+        /// Saves (or replaces) a segment, usable as `segment('name')`.
+        async fn save(
+            &self,
+            request: tonic::Request<super::SaveSegmentRequest>,
+        ) -> std::result::Result<tonic::Response<super::SavedSegment>, tonic::Status>;
+        async fn list(
+            &self,
+            request: tonic::Request<super::ListSegmentsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListSegmentsResponse>,
+            tonic::Status,
+        >;
+        async fn get(
+            &self,
+            request: tonic::Request<super::GetSegmentRequest>,
+        ) -> std::result::Result<tonic::Response<super::SavedSegment>, tonic::Status>;
+        /// Refused while another saved segment refers to it.
+        async fn delete(
+            &self,
+            request: tonic::Request<super::DeleteSegmentRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteSegmentResponse>,
+            tonic::Status,
+        >;
+        /// Keeps a saved segment's members at this moment as a bitmap.
+        async fn snapshot(
+            &self,
+            request: tonic::Request<super::SnapshotRequest>,
+        ) -> std::result::Result<tonic::Response<super::SnapshotInfo>, tonic::Status>;
+        async fn list_snapshots(
+            &self,
+            request: tonic::Request<super::ListSnapshotsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListSnapshotsResponse>,
+            tonic::Status,
+        >;
+        /// Who entered, left and stayed between two snapshots.
+        async fn diff(
+            &self,
+            request: tonic::Request<super::DiffRequest>,
+        ) -> std::result::Result<tonic::Response<super::DiffResponse>, tonic::Status>;
+        /// Deterministic A/B or holdout groups from a hash of person_id and a salt.
+        async fn split(
+            &self,
+            request: tonic::Request<super::SplitRequest>,
+        ) -> std::result::Result<tonic::Response<super::SplitResponse>, tonic::Status>;
+        /// Server streaming response type for the Export method.
+        type ExportStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ExportChunk, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// The audience as a portable roaring bitmap of person ordinals, or as
+        /// identifiers of a chosen kind, in chunks.
+        async fn export(
+            &self,
+            request: tonic::Request<super::ExportRequest>,
+        ) -> std::result::Result<tonic::Response<Self::ExportStream>, tonic::Status>;
+    }
+    /// Segments: audience questions answered with bitmap operations over the tag
+    /// index (no event scan), saved segments, snapshots and their diffs,
+    /// deterministic splits, and the audience delivered as a bitmap or as
+    /// identifiers.
+    #[derive(Debug)]
+    pub struct SegmentServiceServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> SegmentServiceServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for SegmentServiceServer<T>
+    where
+        T: SegmentService,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/quiver.v1.SegmentService/Count" => {
+                    #[allow(non_camel_case_types)]
+                    struct CountSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::CountRequest> for CountSvc<T> {
+                        type Response = super::CountResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CountRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::count(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CountSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/Breakdown" => {
+                    #[allow(non_camel_case_types)]
+                    struct BreakdownSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::BreakdownRequest>
+                    for BreakdownSvc<T> {
+                        type Response = super::BreakdownResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BreakdownRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::breakdown(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BreakdownSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/Overlap" => {
+                    #[allow(non_camel_case_types)]
+                    struct OverlapSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::OverlapRequest>
+                    for OverlapSvc<T> {
+                        type Response = super::OverlapResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::OverlapRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::overlap(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = OverlapSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/Save" => {
+                    #[allow(non_camel_case_types)]
+                    struct SaveSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::SaveSegmentRequest>
+                    for SaveSvc<T> {
+                        type Response = super::SavedSegment;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SaveSegmentRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::save(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SaveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/List" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::ListSegmentsRequest>
+                    for ListSvc<T> {
+                        type Response = super::ListSegmentsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListSegmentsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::list(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/Get" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::GetSegmentRequest>
+                    for GetSvc<T> {
+                        type Response = super::SavedSegment;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetSegmentRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::get(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/Delete" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::DeleteSegmentRequest>
+                    for DeleteSvc<T> {
+                        type Response = super::DeleteSegmentResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteSegmentRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::delete(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/Snapshot" => {
+                    #[allow(non_camel_case_types)]
+                    struct SnapshotSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::SnapshotRequest>
+                    for SnapshotSvc<T> {
+                        type Response = super::SnapshotInfo;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SnapshotRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::snapshot(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SnapshotSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/ListSnapshots" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListSnapshotsSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::ListSnapshotsRequest>
+                    for ListSnapshotsSvc<T> {
+                        type Response = super::ListSnapshotsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListSnapshotsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::list_snapshots(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListSnapshotsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/Diff" => {
+                    #[allow(non_camel_case_types)]
+                    struct DiffSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::DiffRequest> for DiffSvc<T> {
+                        type Response = super::DiffResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DiffRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::diff(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DiffSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/Split" => {
+                    #[allow(non_camel_case_types)]
+                    struct SplitSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::UnaryService<super::SplitRequest> for SplitSvc<T> {
+                        type Response = super::SplitResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SplitRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::split(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SplitSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.SegmentService/Export" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExportSvc<T: SegmentService>(pub Arc<T>);
+                    impl<
+                        T: SegmentService,
+                    > tonic::server::ServerStreamingService<super::ExportRequest>
+                    for ExportSvc<T> {
+                        type Response = super::ExportChunk;
+                        type ResponseStream = T::ExportStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExportRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SegmentService>::export(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExportSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for SegmentServiceServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "quiver.v1.SegmentService";
+    impl<T> tonic::server::NamedService for SegmentServiceServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

@@ -4,6 +4,7 @@
 pub mod identity;
 pub mod ingest;
 pub mod output;
+pub mod segments;
 pub mod tags;
 
 use anyhow::Context;

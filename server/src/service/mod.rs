@@ -6,6 +6,7 @@ pub mod flight;
 pub mod identity;
 pub mod ingest;
 pub mod query;
+pub mod segment;
 pub mod tag;
 pub mod workspace;
 
@@ -17,6 +18,7 @@ use quiver_engine::Engine;
 use quiver_proto::v1::identity_service_server::IdentityServiceServer;
 use quiver_proto::v1::ingest_service_server::IngestServiceServer;
 use quiver_proto::v1::query_service_server::QueryServiceServer;
+use quiver_proto::v1::segment_service_server::SegmentServiceServer;
 use quiver_proto::v1::tag_service_server::TagServiceServer;
 use quiver_proto::v1::workspace_service_server::WorkspaceServiceServer;
 use tokio::net::TcpListener;
@@ -48,6 +50,9 @@ pub async fn serve(
         .set_serving::<IdentityServiceServer<identity::Identity>>()
         .await;
     health.set_serving::<TagServiceServer<tag::Tags>>().await;
+    health
+        .set_serving::<SegmentServiceServer<segment::Segments>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -70,6 +75,10 @@ pub async fn serve(
         engine: engine.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let segments = SegmentServiceServer::new(segment::Segments {
+        engine: engine.clone(),
+    })
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let flight = FlightServiceServer::new(flight::Flight {
         engine: engine.clone(),
     })
@@ -90,6 +99,7 @@ pub async fn serve(
         .add_service(flight)
         .add_service(identity)
         .add_service(tags)
+        .add_service(segments)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

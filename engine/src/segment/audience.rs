@@ -1,0 +1,723 @@
+//! Audience requests over a workspace's tag index: count, breakdown,
+//! overlap, split, saved segments, snapshots and their diff, export. Every
+//! answer comes from bitmap operations on one index version (the latest, or
+//! the one in force at an `as_of` date); none scans events. Owns the
+//! per-workspace segment state (catalog lock, `person_id` by ordinal); the
+//! language is `segment::parse`, evaluation `segment::eval`, names and files
+//! `segment::saved`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use parking_lot::RwLock;
+use roaring::RoaringBitmap;
+
+use super::ast::Expr;
+use super::eval::{day_number, evaluate, near};
+use super::saved::{self, Catalog, SavedSegment, SnapshotInfo};
+use crate::index::IndexSet;
+use crate::store::Workspace;
+use crate::{Error, Result};
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// Per-workspace segment state.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentState {
+    /// One catalog write at a time.
+    lock: tokio::sync::Mutex<()>,
+    /// `person_id` by ordinal, with the OneID run it was read after.
+    person_ids: RwLock<Option<(u64, PersonIds)>>,
+}
+
+/// `person_id` by ordinal (`None`: never used).
+type PersonIds = Arc<Vec<Option<String>>>;
+
+/// The intersections of 1 to 4 audiences.
+#[derive(Debug, Clone)]
+pub struct Overlap {
+    /// Each audience, in request order.
+    pub audiences: Vec<Audience>,
+    /// Every non-empty subset (indexes into `audiences`, in binary order:
+    /// {0}, {1}, {0, 1}, {2}, ...) and how many persons are in all of it.
+    pub intersections: Vec<(Vec<usize>, u64)>,
+}
+
+/// When an audience is evaluated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AudienceOptions {
+    /// "Now" for windows (`IN LAST n DAYS`), µs since the epoch; default:
+    /// the current time (the end of `as_of` when that is given).
+    pub now: Option<i64>,
+    /// Answer as of the end of this UTC day: the newest kept index version
+    /// built by then, windows ending that day.
+    pub as_of: Option<NaiveDate>,
+}
+
+/// An evaluated audience.
+#[derive(Debug, Clone)]
+pub struct Audience {
+    /// Members (person ordinals).
+    pub members: RoaringBitmap,
+    /// Live persons of the index version.
+    pub persons: u64,
+    /// The index version evaluated.
+    pub index_version: u64,
+    /// When that version was built, µs.
+    pub built_at: i64,
+    /// "Now" of the windows, µs.
+    pub now: i64,
+    /// Time spent evaluating (bitmap work only, index already loaded).
+    pub elapsed: Duration,
+}
+
+/// One row of a breakdown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakdownRow {
+    /// The value, or a bucket such as `[100.00, 500.00)`; `(none)` for
+    /// members without a value.
+    pub value: String,
+    /// Members with it.
+    pub count: u64,
+}
+
+/// An audience broken down by an enumerated or numeric field.
+#[derive(Debug, Clone)]
+pub struct Breakdown {
+    /// The audience.
+    pub audience: Audience,
+    /// Per value or bucket, then `(none)` when some members have no value.
+    pub rows: Vec<BreakdownRow>,
+}
+
+/// One group of a split.
+#[derive(Debug, Clone)]
+pub struct SplitGroup {
+    /// Its name (`A`, `B`, ... unless named).
+    pub name: String,
+    /// Its weight.
+    pub weight: u32,
+    /// Its members.
+    pub members: RoaringBitmap,
+}
+
+/// Members that entered, left and stayed between two snapshots.
+#[derive(Debug, Clone)]
+pub struct SnapshotDiff {
+    /// The earlier snapshot.
+    pub from: SnapshotInfo,
+    /// The later snapshot.
+    pub to: SnapshotInfo,
+    /// In `to`, not in `from`.
+    pub entered: RoaringBitmap,
+    /// In `from`, not in `to`.
+    pub left: RoaringBitmap,
+    /// In both.
+    pub stayed: RoaringBitmap,
+}
+
+/// How exported identifiers are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IdHash {
+    /// As stored (normalised).
+    #[default]
+    None,
+    /// Lower-case hex SHA-256 of the stored value (ad platforms match on it).
+    Sha256,
+}
+
+/// `v / 10^scale` as text.
+fn scaled_text(v: i64, scale: u8) -> String {
+    crate::tag::format_scaled(v, scale)
+}
+
+impl Workspace {
+    fn segments_dir(&self) -> std::path::PathBuf {
+        self.dir().join("segments")
+    }
+
+    /// The index version in force at the end of `as_of` (the newest kept one
+    /// built by then), else the latest.
+    fn audience_index(&self, as_of: Option<NaiveDate>) -> Result<Arc<IndexSet>> {
+        let Some(date) = as_of else {
+            return self.tag_index()?.ok_or_else(|| {
+                Error::invalid(
+                    "workspace",
+                    format!(
+                        "`{}` has no tag index yet: define tags and run `quiver tags refresh`",
+                        self.name()
+                    ),
+                )
+            });
+        };
+        let end = (i64::from(day_number(date)) + 1) * DAY_US - 1;
+        let root = self.index_dir();
+        let versions = IndexSet::versions(&root)?;
+        let mut chosen = None;
+        let mut oldest = None;
+        for &v in &versions {
+            let m = IndexSet::manifest(&root, v)?;
+            oldest.get_or_insert(m.built_at);
+            if m.built_at <= end {
+                chosen = Some(v);
+            }
+        }
+        let Some(v) = chosen else {
+            let kept = match oldest {
+                Some(t) => format!(
+                    "the oldest kept version was built {}",
+                    chrono::DateTime::from_timestamp_micros(t)
+                        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or_default()
+                ),
+                None => "no version is kept".into(),
+            };
+            return Err(Error::invalid(
+                "as_of",
+                format!(
+                    "{date}: no tag index version of that day or earlier is kept ({kept}; `tags.keep_versions` sets how many are)"
+                ),
+            ));
+        };
+        match self.tag_index()? {
+            Some(latest) if latest.version == v => Ok(latest),
+            _ => Ok(Arc::new(IndexSet::read(&root, v)?)),
+        }
+    }
+
+    /// `e` with saved segments inlined (the catalog is read only when `e`
+    /// refers to one).
+    fn inlined(&self, e: &Expr) -> Result<Expr> {
+        fn has_ref(e: &Expr) -> bool {
+            match e {
+                Expr::Segment { .. } => true,
+                Expr::And { args } | Expr::Or { args } => args.iter().any(has_ref),
+                Expr::Not { arg } => has_ref(arg),
+                _ => false,
+            }
+        }
+        if !has_ref(e) {
+            return Ok(e.clone());
+        }
+        Catalog::read(&self.segments_dir())?.inline(e)
+    }
+
+    /// Evaluates `e`: its members among the live persons.
+    pub fn audience(&self, e: &Expr, opts: AudienceOptions) -> Result<Audience> {
+        let e = self.inlined(e)?;
+        let index = self.audience_index(opts.as_of)?;
+        let now = match (opts.now, opts.as_of) {
+            (Some(now), _) => now,
+            (None, Some(d)) => (i64::from(day_number(d)) + 1) * DAY_US - 1,
+            (None, None) => crate::store::now_micros(),
+        };
+        let started = Instant::now();
+        let members = evaluate(&e, &index, now.div_euclid(DAY_US) as i32)?;
+        Ok(Audience {
+            members,
+            persons: index.live.len(),
+            index_version: index.version,
+            built_at: index.built_at,
+            now,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// `e`'s members per value of `by` (an enumerated tag, trait or
+    /// attribute, or a boolean tag: `true`/`false`), or per bucket of a
+    /// numeric trait: `edges` `[a, b, c]` give `< a`, `[a, b)`, `[b, c)`,
+    /// `>= c`; without edges, ten equal-width buckets between the members'
+    /// smallest and largest value.
+    pub fn breakdown(
+        &self,
+        e: &Expr,
+        by: &str,
+        edges: &[f64],
+        opts: AudienceOptions,
+    ) -> Result<Breakdown> {
+        let audience = self.audience(e, opts)?;
+        let index = self.audience_index(opts.as_of)?;
+        let started = Instant::now();
+        let m = &audience.members;
+        let mut rows = Vec::new();
+        let mut covered = RoaringBitmap::new();
+        if let Some(values) = index.enums.get(by) {
+            for (value, b) in values {
+                let count = m.intersection_len(b);
+                if count > 0 {
+                    rows.push(BreakdownRow {
+                        value: value.clone(),
+                        count,
+                    });
+                }
+                covered |= b;
+            }
+            rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+        } else if let Some(b) = index.tags.get(by) {
+            let yes = m.intersection_len(b);
+            rows.push(BreakdownRow {
+                value: "true".into(),
+                count: yes,
+            });
+            rows.push(BreakdownRow {
+                value: "false".into(),
+                count: m.len() - yes,
+            });
+            covered = m.clone();
+        } else if let Some(n) = index.numbers.get(by) {
+            let scale = n.scale;
+            let factor = 10f64.powi(i32::from(scale));
+            let mut cuts: Vec<i64> = edges.iter().map(|x| (x * factor).round() as i64).collect();
+            if cuts.is_empty()
+                && let Some((lo, hi)) = n.bsi.min_max(m)
+            {
+                let width = ((hi - lo) / 10).max(1);
+                cuts = (1..10)
+                    .map(|i| lo + i * width)
+                    .filter(|&c| c <= hi)
+                    .collect();
+                cuts.insert(0, lo);
+            }
+            cuts.sort_unstable();
+            cuts.dedup();
+            let label = |lo: Option<i64>, hi: Option<i64>| match (lo, hi) {
+                (None, Some(h)) => format!("< {}", scaled_text(h, scale)),
+                (Some(l), Some(h)) => {
+                    format!("[{}, {})", scaled_text(l, scale), scaled_text(h, scale))
+                }
+                (Some(l), None) => format!(">= {}", scaled_text(l, scale)),
+                (None, None) => "all".into(),
+            };
+            let bounds: Vec<(Option<i64>, Option<i64>)> = std::iter::once(None)
+                .chain(cuts.iter().copied().map(Some))
+                .zip(cuts.iter().copied().map(Some).chain(std::iter::once(None)))
+                .collect();
+            for (lo, hi) in bounds {
+                let b = match (lo, hi) {
+                    (None, Some(h)) => n.bsi.range(..h),
+                    (Some(l), Some(h)) => n.bsi.range(l..h),
+                    (Some(l), None) => n.bsi.range(l..),
+                    (None, None) => n.bsi.exists().clone(),
+                };
+                let count = m.intersection_len(&b);
+                if count > 0 || (lo.is_some() && hi.is_some()) {
+                    rows.push(BreakdownRow {
+                        value: label(lo, hi),
+                        count,
+                    });
+                }
+            }
+            covered = n.bsi.exists().clone();
+        } else {
+            let names = index
+                .enums
+                .keys()
+                .chain(index.tags.keys())
+                .chain(index.numbers.keys())
+                .map(String::as_str);
+            let near = near(by, names);
+            let hint = if near.is_empty() {
+                String::new()
+            } else {
+                format!(" (did you mean {}?)", near.join(", "))
+            };
+            return Err(Error::invalid(
+                "by",
+                format!("unknown tag, attribute or trait `{by}`{hint}"),
+            ));
+        }
+        let none = m.len() - m.intersection_len(&covered);
+        if none > 0 {
+            rows.push(BreakdownRow {
+                value: "(none)".into(),
+                count: none,
+            });
+        }
+        let mut audience = audience;
+        audience.elapsed += started.elapsed();
+        Ok(Breakdown { audience, rows })
+    }
+
+    /// The sizes of every intersection of 1 to 4 audiences: `(members of
+    /// the subset, as indexes into exprs; count)`, subsets in binary order.
+    pub fn overlap(&self, exprs: &[Expr], opts: AudienceOptions) -> Result<Overlap> {
+        if exprs.is_empty() || exprs.len() > 4 {
+            return Err(Error::invalid(
+                "expressions",
+                format!("overlap takes 1 to 4 segments, not {}", exprs.len()),
+            ));
+        }
+        let audiences = exprs
+            .iter()
+            .map(|e| self.audience(e, opts))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for mask in 1u32..(1 << exprs.len()) {
+            let parts: Vec<usize> = (0..exprs.len()).filter(|i| mask & (1 << i) != 0).collect();
+            let count = match parts.as_slice() {
+                [a] => audiences[*a].members.len(),
+                [a, b] => audiences[*a]
+                    .members
+                    .intersection_len(&audiences[*b].members),
+                _ => {
+                    let mut acc = audiences[parts[0]].members.clone();
+                    for &p in &parts[1..] {
+                        acc &= &audiences[p].members;
+                    }
+                    acc.len()
+                }
+            };
+            out.push((parts, count));
+        }
+        Ok(Overlap {
+            audiences,
+            intersections: out,
+        })
+    }
+
+    /// `person_id` by ordinal, read from `persons` once per OneID run.
+    async fn person_ids(&self) -> Result<PersonIds> {
+        let run = crate::identity::tables::read_state(self.dir())?.run;
+        let state = self.segment_state();
+        if let Some((r, ids)) = state.person_ids.read().as_ref()
+            && *r == run
+        {
+            return Ok(ids.clone());
+        }
+        let path = self.dir().join(crate::identity::tables::PERSONS);
+        let mut ids: Vec<Option<String>> = Vec::new();
+        if crate::identity::tables::open(&path).await?.is_some() {
+            for batch in crate::identity::tables::scan(&path, &["person_id", "ordinal"]).await? {
+                let names = crate::identity::tables::strings(batch.column(0))?;
+                let ords = crate::identity::tables::ints(batch.column(1))?;
+                for (name, o) in names.into_iter().zip(ords) {
+                    let o = usize::try_from(o).map_err(|_| {
+                        Error::Internal(format!("persons: ordinal {o} out of range"))
+                    })?;
+                    if ids.len() <= o {
+                        ids.resize(o + 1, None);
+                    }
+                    ids[o] = name;
+                }
+            }
+        }
+        let ids = Arc::new(ids);
+        *state.person_ids.write() = Some((run, ids.clone()));
+        Ok(ids)
+    }
+
+    /// Splits `e`'s members into groups by `weights` (e.g. `[90, 10]` for a
+    /// 10% holdout) from a hash of each person's `person_id` and `salt`: the
+    /// same person lands in the same group on every call with that salt,
+    /// whatever else is in the audience.
+    pub async fn split(
+        &self,
+        e: &Expr,
+        salt: &str,
+        weights: &[u32],
+        names: &[String],
+        opts: AudienceOptions,
+    ) -> Result<(Audience, Vec<SplitGroup>)> {
+        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        if weights.len() < 2 || weights.len() > 26 || total == 0 {
+            return Err(Error::invalid(
+                "weights",
+                format!("a split needs 2 to 26 weights with a positive sum, not {weights:?}"),
+            ));
+        }
+        if !names.is_empty() && names.len() != weights.len() {
+            return Err(Error::invalid(
+                "names",
+                format!("{} names for {} weights", names.len(), weights.len()),
+            ));
+        }
+        let audience = self.audience(e, opts)?;
+        let ids = self.person_ids().await?;
+        let mut groups: Vec<SplitGroup> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| SplitGroup {
+                name: names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| char::from(b'A' + i as u8).to_string()),
+                weight: w,
+                members: RoaringBitmap::new(),
+            })
+            .collect();
+        let mut bounds = Vec::with_capacity(weights.len());
+        let mut acc = 0u64;
+        for &w in weights {
+            acc += u64::from(w);
+            bounds.push(acc);
+        }
+        for o in &audience.members {
+            let Some(Some(id)) = ids.get(o as usize) else {
+                return Err(Error::Internal(format!(
+                    "live ordinal {o} has no person_id in `persons`"
+                )));
+            };
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(id.as_bytes());
+            h.update(&[0]);
+            h.update(salt.as_bytes());
+            // Multiply-shift to [0, total): unbiased enough for 64-bit hashes.
+            let x = ((u128::from(h.digest()) * u128::from(total)) >> 64) as u64;
+            let g = bounds.partition_point(|&b| b <= x);
+            // ordinals ascend: appends
+            if groups[g].members.try_push(o).is_err() {
+                groups[g].members.insert(o);
+            }
+        }
+        Ok((audience, groups))
+    }
+
+    /// Saves (or replaces) segment `name` after checking that it evaluates.
+    pub async fn save_segment(
+        &self,
+        name: &str,
+        e: &Expr,
+        description: &str,
+    ) -> Result<SavedSegment> {
+        saved::check_name(name)?;
+        let _g = self.segment_state().lock.lock().await;
+        let dir = self.segments_dir();
+        let mut catalog = Catalog::read(&dir)?;
+        let now = crate::store::now_micros();
+        let created_at = catalog.segments.get(name).map_or(now, |s| s.created_at);
+        let saved = SavedSegment {
+            name: name.to_string(),
+            expression: e.to_string(),
+            description: description.to_string(),
+            created_at,
+            updated_at: now,
+        };
+        let previous = catalog.segments.insert(name.to_string(), saved.clone());
+        // A cycle or an unknown reference is refused before anything is written.
+        let inlined = catalog.inline(&Expr::Segment {
+            name: name.to_string(),
+        });
+        if let Err(err) = inlined {
+            match previous {
+                Some(p) => catalog.segments.insert(name.to_string(), p),
+                None => catalog.segments.remove(name),
+            };
+            return Err(err);
+        }
+        if let Some(index) = self.tag_index()? {
+            evaluate(&inlined?, &index, index.now_day)?;
+        }
+        catalog.write(&dir)?;
+        Ok(saved)
+    }
+
+    /// Every saved segment, by name.
+    pub fn segments(&self) -> Result<Vec<SavedSegment>> {
+        Ok(Catalog::read(&self.segments_dir())?
+            .segments
+            .into_values()
+            .collect())
+    }
+
+    /// Saved segment `name`.
+    pub fn segment(&self, name: &str) -> Result<SavedSegment> {
+        match Catalog::read(&self.segments_dir())?.segments.remove(name) {
+            Some(s) => Ok(s),
+            None => Err(Error::NotFound {
+                what: "segment",
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Deletes saved segment `name` (its snapshots stay); refused while
+    /// another saved segment refers to it.
+    pub async fn delete_segment(&self, name: &str) -> Result<()> {
+        let _g = self.segment_state().lock.lock().await;
+        let dir = self.segments_dir();
+        let mut catalog = Catalog::read(&dir)?;
+        if !catalog.segments.contains_key(name) {
+            return Err(Error::NotFound {
+                what: "segment",
+                name: name.to_string(),
+            });
+        }
+        let users: Vec<String> = catalog
+            .users_of(name)
+            .into_iter()
+            .filter(|u| u != name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::invalid(
+                "name",
+                format!(
+                    "cannot delete `{name}`: {} refer(s) to it",
+                    users.join(", ")
+                ),
+            ));
+        }
+        catalog.segments.remove(name);
+        catalog.write(&dir)
+    }
+
+    /// Keeps the current members of saved segment `name` as a snapshot.
+    pub async fn snapshot_segment(
+        &self,
+        name: &str,
+        opts: AudienceOptions,
+    ) -> Result<SnapshotInfo> {
+        let _g = self.segment_state().lock.lock().await;
+        let dir = self.segments_dir();
+        let mut catalog = Catalog::read(&dir)?;
+        let saved = catalog.get(name)?.clone();
+        let e = catalog.inline(&Expr::Segment {
+            name: name.to_string(),
+        })?;
+        let a = self.audience(&e, opts)?;
+        catalog.next_snapshot = catalog.next_snapshot.max(1);
+        let id = catalog.next_snapshot;
+        saved::write_snapshot(&dir, id, &a.members)?;
+        let info = SnapshotInfo {
+            id,
+            segment: name.to_string(),
+            expression: saved.expression,
+            at: crate::store::now_micros(),
+            now: a.now,
+            index_version: a.index_version,
+            count: a.members.len(),
+        };
+        catalog.snapshots.push(info.clone());
+        catalog.next_snapshot = id + 1;
+        catalog.write(&dir)?;
+        Ok(info)
+    }
+
+    /// The snapshots kept, oldest first (of one segment when `name` is given).
+    pub fn snapshots(&self, name: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        Ok(Catalog::read(&self.segments_dir())?
+            .snapshots
+            .into_iter()
+            .filter(|s| name.is_none_or(|n| s.segment == n))
+            .collect())
+    }
+
+    /// Snapshot `id` and its members.
+    pub fn snapshot(&self, id: u64) -> Result<(SnapshotInfo, RoaringBitmap)> {
+        let dir = self.segments_dir();
+        let info = Catalog::read(&dir)?.snapshot(id)?.clone();
+        let members = saved::read_snapshot(&dir, id)?;
+        Ok((info, members))
+    }
+
+    /// Who entered, left and stayed from snapshot `from` to snapshot `to`.
+    pub fn diff_snapshots(&self, from: u64, to: u64) -> Result<SnapshotDiff> {
+        let (a_info, a) = self.snapshot(from)?;
+        let (b_info, b) = self.snapshot(to)?;
+        Ok(SnapshotDiff {
+            from: a_info,
+            to: b_info,
+            entered: &b - &a,
+            left: &a - &b,
+            stayed: a & b,
+        })
+    }
+
+    /// The identifiers of kind `id_kind` that `members` hold, in pages of
+    /// up to `page` values, read from the `identifiers` table as a stream
+    /// (the list is never held whole): `person_id`, an identifier kind
+    /// (`phone`, `email`, `unionid`, `member`, `device`, `openid` as
+    /// `<appid>:<openid>`), or `openid:<appid>` (that app's openids, bare).
+    pub async fn export_ids(
+        &self,
+        members: RoaringBitmap,
+        id_kind: &str,
+        hash: IdHash,
+        page: usize,
+    ) -> Result<BoxStream<'static, Result<Vec<String>>>> {
+        let page = page.clamp(1, 1 << 20);
+        let encode = move |v: &str| match hash {
+            IdHash::None => v.to_string(),
+            IdHash::Sha256 => {
+                use sha2::Digest;
+                let d = sha2::Sha256::digest(v.as_bytes());
+                d.iter().map(|b| format!("{b:02x}")).collect()
+            }
+        };
+        if id_kind == "person_id" {
+            let ids = self.person_ids().await?;
+            let all: Vec<u32> = members.iter().collect();
+            let pages: Vec<Result<Vec<String>>> = all
+                .chunks(page)
+                .map(|chunk| {
+                    chunk
+                        .iter()
+                        .map(|&o| match ids.get(o as usize) {
+                            Some(Some(id)) => Ok(encode(id)),
+                            _ => Err(Error::Internal(format!("ordinal {o} has no person_id"))),
+                        })
+                        .collect()
+                })
+                .collect();
+            return Ok(futures::stream::iter(pages).boxed());
+        }
+        let (kind, app) = match id_kind.split_once(':') {
+            Some(("openid", app)) if !app.is_empty() => ("openid", Some(format!("{app}:"))),
+            Some(_) => {
+                return Err(Error::invalid(
+                    "id_kind",
+                    format!("`{id_kind}`: only `openid:<appid>` takes a suffix"),
+                ));
+            }
+            None => (id_kind, None),
+        };
+        const KINDS: [&str; 6] = ["phone", "email", "unionid", "openid", "member", "device"];
+        if !KINDS.contains(&kind) {
+            let near = near(kind, KINDS.iter().copied().chain(["person_id"]));
+            let hint = if near.is_empty() {
+                String::new()
+            } else {
+                format!(" (did you mean {}?)", near.join(", "))
+            };
+            return Err(Error::invalid(
+                "id_kind",
+                format!("unknown identifier kind `{id_kind}`{hint}"),
+            ));
+        }
+        let sql = format!(
+            "SELECT value, ordinal FROM identifiers WHERE kind = '{kind}'{}",
+            match &app {
+                Some(prefix) =>
+                    format!(" AND starts_with(value, '{}')", prefix.replace('\'', "''")),
+                None => String::new(),
+            }
+        );
+        let stream = self.sql(&sql).await?;
+        let members = Arc::new(members);
+        let strip = app.map_or(0, |p| p.len());
+        let out = stream
+            .map(move |batch| -> Result<Vec<String>> {
+                let batch = batch.map_err(|e| Error::Sql(e.to_string()))?;
+                let values = crate::identity::tables::strings(batch.column(0))?;
+                let ords = crate::identity::tables::ints(batch.column(1))?;
+                Ok(values
+                    .into_iter()
+                    .zip(ords)
+                    .filter(|(_, o)| u32::try_from(*o).is_ok_and(|o| members.contains(o)))
+                    .filter_map(|(v, _)| v.map(|v| encode(&v[strip.min(v.len())..])))
+                    .collect())
+            })
+            // re-page: batches are as big as the scan makes them
+            .flat_map(move |r: Result<Vec<String>>| {
+                let pages: Vec<Result<Vec<String>>> = match r {
+                    Ok(v) => v.chunks(page).map(|c| Ok(c.to_vec())).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(pages)
+            })
+            .boxed();
+        Ok(out)
+    }
+}
