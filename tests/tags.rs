@@ -17,9 +17,9 @@ use quiver_tests::{RoaringBitmap, Server, event};
 use serde_json::Value;
 
 /// "Now" for windows: the generator's last day.
-const NOW: &str = "2026-10-31";
+pub(crate) const NOW: &str = "2026-10-31";
 /// `NOW` as the CLI sends it: the end of that UTC day, ms.
-const NOW_MS: i64 = 1_793_491_199_000;
+pub(crate) const NOW_MS: i64 = 1_793_491_199_000;
 /// The first day of `IN LAST 7 DAYS` ending on `NOW`.
 const WEEK_START: &str = "2026-10-25";
 const BOOLEAN_SEED_TAGS: [&str; 3] = ["miniprogram_user", "skincare_lover", "highly_active"];
@@ -29,18 +29,18 @@ const SEED_TAGS: [&str; 4] = [
     "highly_active",
     "member_level",
 ];
-const LEVELS: [&str; 4] = ["normal", "silver", "gold", "vip"];
+pub(crate) const LEVELS: [&str; 4] = ["normal", "silver", "gold", "vip"];
 
 /// A running server whose workspace `shop` holds generated events.
-struct Shop {
-    tmp: tempfile::TempDir,
-    server: Server,
+pub(crate) struct Shop {
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) server: Server,
 }
 
 impl Shop {
     /// gen `persons` → serve with `env` → create `shop` → ingest, then
     /// `quiver resolve` when `resolve`.
-    fn start(persons: u64, env: &[(&str, &str)], resolve: bool) -> Shop {
+    pub(crate) fn start(persons: u64, env: &[(&str, &str)], resolve: bool) -> Shop {
         crate::init();
         let tmp = tempfile::tempdir().unwrap();
         let files = crate::ingest::generate_files(&tmp.path().join("gen"), persons, "parquet");
@@ -59,14 +59,14 @@ impl Shop {
     }
 
     /// `quiver --workspace shop ARGS`.
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         let mut all = vec!["--workspace", "shop"];
         all.extend_from_slice(args);
         self.server.cli(&all)
     }
 
     /// `quiver --workspace shop --json ARGS`, which must succeed.
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = succeeded(self.cli(&all));
@@ -79,7 +79,7 @@ impl Shop {
     }
 
     /// `quiver --workspace shop ARGS`, which must fail; its stderr.
-    fn fails(&self, args: &[&str]) -> String {
+    pub(crate) fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             !out.status.success(),
@@ -90,7 +90,7 @@ impl Shop {
     }
 
     /// Rows of `quiver sql Q --json`.
-    fn sql(&self, q: &str) -> Vec<Value> {
+    pub(crate) fn sql(&self, q: &str) -> Vec<Value> {
         match self.json(&["sql", q]) {
             Value::Array(rows) => rows,
             other => panic!("{q}: expected rows, got {other}"),
@@ -98,24 +98,24 @@ impl Shop {
     }
 
     /// Writes `text` to a file in the test's temporary directory.
-    fn file(&self, name: &str, text: &str) -> String {
+    pub(crate) fn file(&self, name: &str, text: &str) -> String {
         let path = self.path(name);
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 
     /// `tags define` of the generator's seed tags.
-    fn define_seed(&self) -> Value {
+    pub(crate) fn define_seed(&self) -> Value {
         let f = self.file("seed.toml", quiver_data::SEED_TAGS_TOML);
         self.json(&["tags", "define", &f])
     }
 
     /// `tags refresh --now NOW`.
-    fn refresh(&self) -> Value {
+    pub(crate) fn refresh(&self) -> Value {
         self.json(&["tags", "refresh", "--now", NOW])
     }
 
@@ -135,7 +135,7 @@ impl Shop {
     }
 
     /// `tags export NAME [--value V] -o FILE`: the JSON summary and the file.
-    fn export(&self, name: &str, value: Option<&str>) -> (Value, PathBuf) {
+    pub(crate) fn export(&self, name: &str, value: Option<&str>) -> (Value, PathBuf) {
         let path = self.path(&format!("{name}-{}.roaring", value.unwrap_or("all")));
         let file = path.display().to_string();
         let mut args = vec!["tags", "export", name];
@@ -147,7 +147,7 @@ impl Shop {
     }
 }
 
-fn succeeded(out: Output) -> Output {
+pub(crate) fn succeeded(out: Output) -> Output {
     assert!(
         out.status.success(),
         "{}",
@@ -157,7 +157,7 @@ fn succeeded(out: Output) -> Output {
 }
 
 /// Tag `name` of a refresh report or `tags list`.
-fn tag<'a>(report: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn tag<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["tags"]
         .as_array()
         .unwrap()
@@ -166,12 +166,12 @@ fn tag<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no tag `{name}` in {report}"))
 }
 
-fn count(report: &Value, name: &str) -> u64 {
+pub(crate) fn count(report: &Value, name: &str) -> u64 {
     tag(report, name)["count"].as_u64().unwrap()
 }
 
 /// `[{value, count}]` as a map.
-fn per_value(values: &Value) -> BTreeMap<String, u64> {
+pub(crate) fn per_value(values: &Value) -> BTreeMap<String, u64> {
     values
         .as_array()
         .unwrap()
@@ -185,7 +185,7 @@ fn per_value(values: &Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn read_bitmap(path: &Path) -> RoaringBitmap {
+pub(crate) fn read_bitmap(path: &Path) -> RoaringBitmap {
     let bytes = std::fs::read(path).unwrap();
     RoaringBitmap::deserialize_from(bytes.as_slice())
         .unwrap_or_else(|e| panic!("{} is no portable roaring bitmap: {e}", path.display()))
@@ -594,7 +594,7 @@ fn member_level_ties_go_to_the_larger_value() {
 }
 
 /// Fails (never skips) when python3 cannot import pyroaring.
-fn require_pyroaring() {
+pub(crate) fn require_pyroaring() {
     const HOW: &str = "install it with `python3 -m pip install pyroaring` (.ci/run does)";
     match Command::new("python3")
         .args(["-c", "import pyroaring"])
@@ -616,7 +616,7 @@ fn require_pyroaring() {
 /// Loads each file with `pyroaring.BitMap.deserialize`, writes pyroaring's own
 /// serialisation beside it as `FILE.py`, and returns per file
 /// `{cardinality, sum, min, max, members}`.
-fn pyroaring_read(dir: &Path, files: &[PathBuf]) -> HashMap<String, Value> {
+pub(crate) fn pyroaring_read(dir: &Path, files: &[PathBuf]) -> HashMap<String, Value> {
     let script = dir.join("read_bitmaps.py");
     std::fs::write(
         &script,

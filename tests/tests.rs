@@ -5,6 +5,7 @@ mod bad_input;
 mod crash;
 mod identity;
 mod ingest;
+mod segments;
 mod tags;
 
 /// Points the support code at the binary cargo built for this test run.

@@ -6,6 +6,7 @@
 //! cargo run --release -p quiver-bench -- ingest --persons 1000000
 //! cargo run --release -p quiver-bench -- identity --persons 1000000
 //! cargo run --release -p quiver-bench -- tags --persons 1000000
+//! cargo run --release -p quiver-bench -- segments --persons 10000000
 //! ```
 //!
 //! Peers run as Python scripts in `bench/peers/` (DuckDB, chDB from PyPI;
@@ -19,6 +20,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 mod identity;
 mod ingest;
+mod segments;
 mod tags;
 mod util;
 
@@ -42,6 +44,8 @@ enum Command {
     Identity(identity::Args),
     /// Seed-tag refresh (time, peak RSS) vs DuckDB GROUP BYs on the same Delta tables; sets must match.
     Tags(tags::Args),
+    /// Audience questions Q1, Q2, Q2 by city: in-process and gRPC vs DuckDB, chDB, pyroaring.
+    Segments(segments::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => rt.block_on(ingest::run(args)),
         Command::Identity(args) => rt.block_on(identity::run(args)),
         Command::Tags(args) => rt.block_on(tags::run(args)),
+        Command::Segments(args) => rt.block_on(segments::run(args)),
     }
 }

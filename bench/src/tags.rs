@@ -256,15 +256,6 @@ fn refresh(
     cli_json(server, bin, &args)
 }
 
-/// The generator's last day, from its manifest (default: the generator's default).
-fn end_date(gen_dir: &Path) -> chrono::NaiveDate {
-    std::fs::read_to_string(gen_dir.join("manifest.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|m| m["end_date"].as_str().and_then(|d| d.parse().ok()))
-        .unwrap_or_else(|| quiver_data::GenConfig::default().end_date)
-}
-
 /// The sets a refresh report names: `tag` for boolean tags, `tag=value` per
 /// value of an enum tag; each with its (tag, value) for `tags export`.
 fn report_sets(report: &serde_json::Value) -> Vec<(String, String, Option<String>)> {
@@ -356,13 +347,12 @@ fn list(v: &[f64]) -> String {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
-    let bin = util::quiver_bin()?;
-    let base = util::root()
-        .join(&args.out)
-        .join(format!("tags-{}", args.persons));
-    let gen_dir = base.join("gen-parquet");
-    util::generate_parquet(&bin, &gen_dir, args.persons)?;
-    let end = end_date(&gen_dir);
+    let util::Generated {
+        bin,
+        base,
+        gen_dir,
+        end,
+    } = util::generated(&args.out, "tags", args.persons)?;
     let now = end.format("%Y-%m-%d").to_string();
     let tags_toml = gen_dir.join("tags.toml").display().to_string();
     let data = base.join("quiver-data");

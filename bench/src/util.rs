@@ -230,3 +230,36 @@ pub fn generate_parquet(bin: &Path, dir: &Path, persons: u64) -> anyhow::Result<
     println!("generated in {:.1}s", t.elapsed().as_secs_f64());
     Ok(())
 }
+
+/// The generator's last day, from its manifest (default: the generator's default).
+pub fn end_date(gen_dir: &Path) -> chrono::NaiveDate {
+    std::fs::read_to_string(gen_dir.join("manifest.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|m| m["end_date"].as_str().and_then(|d| d.parse().ok()))
+        .unwrap_or_else(|| quiver_data::GenConfig::default().end_date)
+}
+
+/// A benchmark's working set: the `quiver` binary, `<out>/<name>-<persons>/`,
+/// the generated Parquet data in it (made once) and the data's last day.
+pub struct Generated {
+    pub bin: PathBuf,
+    pub base: PathBuf,
+    pub gen_dir: PathBuf,
+    pub end: chrono::NaiveDate,
+}
+
+/// Builds the binary and generates (or reuses) the data of `persons`.
+pub fn generated(out: &Path, name: &str, persons: u64) -> anyhow::Result<Generated> {
+    let bin = quiver_bin()?;
+    let base = root().join(out).join(format!("{name}-{persons}"));
+    let gen_dir = base.join("gen-parquet");
+    generate_parquet(&bin, &gen_dir, persons)?;
+    let end = end_date(&gen_dir);
+    Ok(Generated {
+        bin,
+        base,
+        gen_dir,
+        end,
+    })
+}

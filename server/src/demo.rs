@@ -214,7 +214,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
     });
 
-    // 7. questions
+    // 7. audience questions from the seed tags, over the SegmentService
+    let audiences = [
+        (
+            "lapsed VIP skincare lovers",
+            "member_level = 'vip' AND skincare_lover AND NOT did(purchase) IN LAST 30 DAYS",
+            "registered_channel",
+        ),
+        (
+            "mini-program browsers of skincare who did not buy",
+            "miniprogram_user AND did(page_view WHERE category = 'skincare') >= 3 IN LAST 30 DAYS AND NOT did(purchase) IN LAST 14 DAYS",
+            "member_level",
+        ),
+        (
+            "active big spenders among gold and VIP",
+            "(highly_active OR total_spend >= 1000) AND member_level IN ('gold', 'vip')",
+            "city",
+        ),
+    ];
+    let mut segment_client =
+        quiver_proto::v1::segment_service_client::SegmentServiceClient::new(channel.clone());
+    let mut audience_answers = Vec::new();
+    for (title, expr, by) in audiences {
+        let t = Instant::now();
+        let r = segment_client
+            .breakdown(pb::BreakdownRequest {
+                workspace: WORKSPACE.into(),
+                audience: Some(pb::Audience {
+                    expression: expr.into(),
+                    now_unix_ms: now_ms,
+                    ..Default::default()
+                }),
+                by: by.into(),
+                edges: Vec::new(),
+            })
+            .await
+            .map_err(status_error)
+            .with_context(|| format!("audience `{title}`"))?
+            .into_inner();
+        audience_answers.push((title, expr, by, t.elapsed().as_secs_f64(), r));
+    }
+
+    // 8. questions
     let questions = [
         (
             "events by channel",
@@ -276,6 +317,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("== seed tags: coverage and build time ==");
     client::tags::print_refresh(&tags, false);
+    for (title, expr, by, secs, r) in audience_answers {
+        let persons = r.evaluated.as_ref().map_or(0, |e| e.persons);
+        let server_ms = r
+            .evaluated
+            .as_ref()
+            .map_or(0.0, |e| e.micros as f64 / 1000.0);
+        println!();
+        println!("== audience: {title} ==");
+        println!("{expr}");
+        println!(
+            "{} of {persons} persons; {server_ms:.2} ms in the engine, {:.1} ms round trip over gRPC",
+            r.count,
+            secs * 1000.0
+        );
+        let mut t = comfy_table::Table::new();
+        t.set_header([by, "persons"]);
+        for row in r.rows.iter().take(8) {
+            t.add_row([row.value.clone(), row.count.to_string()]);
+        }
+        if r.rows.len() > 8 {
+            let rest: u64 = r.rows[8..].iter().map(|x| x.count).sum();
+            t.add_row([format!("({} more)", r.rows.len() - 8), rest.to_string()]);
+        }
+        println!("{t}");
+    }
     println!();
     println!("demo finished in {:.1}s", total.elapsed().as_secs_f64());
     Ok(())

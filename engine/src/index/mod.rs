@@ -24,7 +24,6 @@ mod set;
 pub use behaviour::{BehaviourKey, DailyCounts};
 pub(crate) use bsi::Crc32Writer;
 pub use bsi::{Bsi, Compare};
-pub(crate) use files::write_atomic;
 pub use files::{IndexDir, IndexKind, write_file_atomic};
 pub use roaring::RoaringBitmap;
 pub use set::{Entry, IndexSet, Manifest, NumericIndex};

@@ -61,15 +61,34 @@ fn put_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
     w.write_all(s.as_bytes())
 }
 
-/// Writes `s` (its behaviour pairs are not kept) and `meta` atomically.
+/// Writes `s` (its behaviour pairs are not kept) and `meta` through a
+/// temporary file and a rename, without fsync: the state is a cache whose
+/// CRC catches a torn write.
 pub(crate) fn write(index_dir: &Path, meta: &StateMeta, s: &Scan) -> Result<()> {
     let json = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
-    crate::index::write_atomic(&path(index_dir), |out| {
+    let file = path(index_dir);
+    let tmp = file.with_extension("state.tmp");
+    let written = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(index_dir)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        encode(&mut out, &json, s)?;
+        out.flush()?;
+        drop(out);
+        std::fs::rename(&tmp, &file)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(&file, e)
+    })
+}
+
+fn encode(out: &mut impl Write, json: &[u8], s: &Scan) -> std::io::Result<()> {
+    {
         let mut w = Crc32Writer::new(out);
         w.write_all(MAGIC)?;
         w.write_all(&FORMAT.to_le_bytes())?;
         w.write_all(&(json.len() as u32).to_le_bytes())?;
-        w.write_all(&json)?;
+        w.write_all(json)?;
         let n = s.events.len();
         w.write_all(&(n as u64).to_le_bytes())?;
         for p in 0..n {
@@ -123,7 +142,7 @@ pub(crate) fn write(index_dir: &Path, meta: &StateMeta, s: &Scan) -> Result<()> 
         w.write_all(&s.unattributed.to_le_bytes())?;
         let crc = w.crc.finalize();
         w.inner.write_all(&crc.to_le_bytes())
-    })
+    }
 }
 
 /// A cursor over the file's bytes.

@@ -18,6 +18,8 @@ mod eval;
 mod parse;
 mod print;
 mod saved;
+#[cfg(test)]
+mod tests;
 
 pub use ast::{Cmp, Did, Expr, Literal, Window};
 pub(crate) use audience::SegmentState;

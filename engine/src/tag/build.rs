@@ -380,15 +380,11 @@ impl Workspace {
         };
         let extra = serde_json::to_value(&report).map_err(|e| Error::Internal(e.to_string()))?;
         let set = Arc::new(set);
-        {
-            let (set, root) = (set.clone(), root.clone());
-            tokio::task::spawn_blocking(move || set.write(&root, extra))
-                .await
-                .map_err(|e| Error::Internal(format!("index write task: {e}")))??;
-        }
-        let keep = self.tag_state_keep();
-        IndexSet::prune(&root, keep)?;
-        {
+        // The accumulators for the next refresh are written beside the index
+        // files. They are a cache: a missing, torn or stale state only makes
+        // the next refresh read every event, so it is not fsynced and a
+        // failure to write it does not fail the refresh.
+        let state_task = {
             let meta = StateMeta {
                 index_version: set.version,
                 events_version,
@@ -400,8 +396,23 @@ impl Workspace {
             };
             let root = root.clone();
             tokio::task::spawn_blocking(move || profile::state::write(&root, &meta, &scan))
+        };
+        {
+            let (set, root) = (set.clone(), root.clone());
+            tokio::task::spawn_blocking(move || set.write(&root, extra))
                 .await
-                .map_err(|e| Error::Internal(format!("refresh state task: {e}")))??;
+                .map_err(|e| Error::Internal(format!("index write task: {e}")))??;
+        }
+        let keep = self.tag_state_keep();
+        IndexSet::prune(&root, keep)?;
+        match state_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(ws = %self.name(), error = %e, "refresh state not written; the next refresh reads every event")
+            }
+            Err(e) => {
+                tracing::warn!(ws = %self.name(), error = %e, "refresh state task failed; the next refresh reads every event")
+            }
         }
         report.index_bytes = dir_bytes(&root, set.version);
         *self.tag_state().latest.write() = Some(set);

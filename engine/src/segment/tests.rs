@@ -1,0 +1,313 @@
+//! The evaluator against a naive model: random persons with random events,
+//! a level and a spend; the indexes built from them as a refresh builds
+//! them; random expressions evaluated both ways.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDate;
+use proptest::prelude::*;
+use roaring::RoaringBitmap;
+
+use super::{Cmp, Did, Expr, Literal, Window, day_number, evaluate};
+use crate::index::{BehaviourKey, Bsi, DailyCounts, IndexSet, NumericIndex, Ordinal};
+
+const TYPES: [&str; 2] = ["view", "buy"];
+const CATEGORIES: [&str; 3] = ["skincare", "shoes", "home"];
+const LEVELS: [&str; 3] = ["gold", "silver", "vip"];
+const DAY0: i32 = 20_300;
+const NOW: i32 = DAY0 + 59;
+
+/// One person as the model sees it.
+#[derive(Debug, Clone)]
+struct Person {
+    live: bool,
+    tags: [bool; 2],
+    level: Option<usize>,
+    /// cents
+    spend: Option<i64>,
+    /// (day, type, category)
+    events: Vec<(i32, usize, usize)>,
+}
+
+fn person() -> impl Strategy<Value = Person> {
+    (
+        prop::bool::weighted(0.9),
+        any::<[bool; 2]>(),
+        prop::option::of(0..LEVELS.len()),
+        prop::option::of(0i64..200_000),
+        prop::collection::vec((DAY0..=NOW, 0..TYPES.len(), 0..CATEGORIES.len()), 0..12),
+    )
+        .prop_map(|(live, tags, level, spend, events)| Person {
+            live,
+            tags,
+            level,
+            spend,
+            events,
+        })
+}
+
+/// The index a refresh would build from `persons` (ordinal = position).
+fn index(persons: &[Person]) -> IndexSet {
+    let mut set = IndexSet {
+        version: 1,
+        now_day: NOW,
+        dimensions: vec!["category".into()],
+        event_types: TYPES.iter().map(|s| s.to_string()).collect(),
+        ..IndexSet::default()
+    };
+    let mut pairs: BTreeMap<BehaviourKey, Vec<(i32, u32)>> = BTreeMap::new();
+    let mut spend = Vec::new();
+    for (o, p) in persons.iter().enumerate() {
+        let o = o as u32;
+        // Retired persons keep nothing: a refresh attributes nothing to them.
+        if !p.live {
+            continue;
+        }
+        set.live.insert(o);
+        for (i, name) in ["t0", "t1"].iter().enumerate() {
+            let b = set.tags.entry(name.to_string()).or_default();
+            if p.tags[i] {
+                b.insert(o);
+            }
+        }
+        if let Some(l) = p.level {
+            set.enums
+                .entry("member_level".into())
+                .or_default()
+                .entry(LEVELS[l].to_string())
+                .or_default()
+                .insert(o);
+        }
+        if let Some(s) = p.spend {
+            spend.push((Ordinal(o), s));
+        }
+        for &(day, t, c) in &p.events {
+            pairs
+                .entry(BehaviourKey::new(TYPES[t], Vec::new()))
+                .or_default()
+                .push((day, o));
+            pairs
+                .entry(BehaviourKey::new(
+                    TYPES[t],
+                    vec![("category".into(), CATEGORIES[c].into())],
+                ))
+                .or_default()
+                .push((day, o));
+        }
+    }
+    set.enums.entry("member_level".into()).or_default();
+    set.numbers.insert(
+        "spend".into(),
+        NumericIndex {
+            scale: 2,
+            bsi: Bsi::from_values(spend),
+        },
+    );
+    for (key, p) in pairs {
+        set.behaviour
+            .insert(key, DailyCounts::from_pairs(&p).expect("counts"));
+    }
+    set
+}
+
+fn date(day: i32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::Days::new(day as u64)
+}
+
+fn cmp() -> impl Strategy<Value = Cmp> {
+    prop::sample::select(vec![Cmp::Eq, Cmp::Ne, Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge])
+}
+
+fn window() -> impl Strategy<Value = Option<Window>> {
+    prop_oneof![
+        Just(None),
+        (1u32..70).prop_map(|days| Some(Window::Last { days })),
+        (DAY0 - 5..NOW + 5, 0i32..40).prop_map(|(from, len)| Some(Window::Between {
+            from: date(from),
+            to: date(from + len),
+        })),
+    ]
+}
+
+fn leaf() -> impl Strategy<Value = Expr> {
+    let level = || prop::sample::select(LEVELS.to_vec()).prop_map(|l| Literal::String(l.into()));
+    prop_oneof![
+        prop::sample::select(vec!["t0", "t1"]).prop_map(|n| Expr::Tag { name: n.into() }),
+        (prop::sample::select(vec![Cmp::Eq, Cmp::Ne]), level()).prop_map(|(cmp, value)| {
+            Expr::Compare {
+                field: "member_level".into(),
+                cmp,
+                value,
+            }
+        }),
+        (prop::collection::vec(level(), 1..3), any::<bool>()).prop_map(|(values, negated)| {
+            Expr::In {
+                field: "member_level".into(),
+                values,
+                negated,
+            }
+        }),
+        (cmp(), -10i64..2100, prop::bool::ANY).prop_map(|(cmp, v, frac)| Expr::Compare {
+            field: "spend".into(),
+            cmp,
+            value: Literal::Number(v as f64 + if frac { 0.5 } else { 0.0 }),
+        }),
+        (0i64..2000, 0i64..2000).prop_map(|(a, b)| Expr::Between {
+            field: "spend".into(),
+            low: Literal::Number(a as f64),
+            high: Literal::Number(b as f64),
+        }),
+        (
+            0..TYPES.len(),
+            prop::option::of(0..CATEGORIES.len()),
+            // the language has no `!=` for a did count
+            prop::option::of((
+                prop::sample::select(vec![Cmp::Eq, Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge]),
+                0u64..4
+            )),
+            window(),
+        )
+            .prop_map(|(t, c, count, window)| Expr::Did(Did {
+                event_type: TYPES[t].into(),
+                filters: c
+                    .map(|c| vec![("category".to_string(), CATEGORIES[c].to_string())])
+                    .unwrap_or_default(),
+                count,
+                window,
+            })),
+    ]
+}
+
+fn expr() -> impl Strategy<Value = Expr> {
+    leaf().prop_recursive(3, 16, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 2..4).prop_map(|args| Expr::And { args }),
+            prop::collection::vec(inner.clone(), 2..4).prop_map(|args| Expr::Or { args }),
+            inner.prop_map(|e| Expr::Not { arg: Box::new(e) }),
+        ]
+    })
+}
+
+fn holds(c: Cmp, a: f64, b: f64) -> bool {
+    match c {
+        Cmp::Eq => a == b,
+        Cmp::Ne => a != b,
+        Cmp::Lt => a < b,
+        Cmp::Le => a <= b,
+        Cmp::Gt => a > b,
+        Cmp::Ge => a >= b,
+    }
+}
+
+/// Whether person `p` is in `e`: straight from its events and values.
+fn naive(e: &Expr, p: &Person) -> bool {
+    match e {
+        Expr::And { args } => args.iter().all(|a| naive(a, p)),
+        Expr::Or { args } => args.iter().any(|a| naive(a, p)),
+        Expr::Not { arg } => !naive(arg, p),
+        Expr::Tag { name } => p.tags[usize::from(name == "t1")],
+        Expr::Compare { field, cmp, value } if field == "member_level" => {
+            let Literal::String(v) = value else {
+                return false;
+            };
+            match (p.level, cmp) {
+                (None, _) => false,
+                (Some(l), Cmp::Eq) => LEVELS[l] == v,
+                (Some(l), _) => LEVELS[l] != v,
+            }
+        }
+        Expr::Compare { cmp, value, .. } => {
+            let Literal::Number(v) = value else {
+                return false;
+            };
+            p.spend.is_some_and(|s| holds(*cmp, s as f64 / 100.0, *v))
+        }
+        Expr::In {
+            values, negated, ..
+        } => p.level.is_some_and(|l| {
+            let hit = values
+                .iter()
+                .any(|v| matches!(v, Literal::String(s) if s == LEVELS[l]));
+            hit != *negated
+        }),
+        Expr::Between { low, high, .. } => {
+            let (Literal::Number(lo), Literal::Number(hi)) = (low, high) else {
+                return false;
+            };
+            p.spend.is_some_and(|s| {
+                let s = s as f64 / 100.0;
+                *lo <= s && s <= *hi
+            })
+        }
+        Expr::Did(d) => {
+            let days = match d.window {
+                None => i32::MIN..=i32::MAX,
+                Some(Window::Last { days }) => NOW - days as i32 + 1..=NOW,
+                Some(Window::Between { from, to }) => day_number(from)..=day_number(to),
+            };
+            let n = p
+                .events
+                .iter()
+                .filter(|(day, t, c)| {
+                    TYPES[*t] == d.event_type
+                        && days.contains(day)
+                        && d.filters.iter().all(|(_, v)| CATEGORIES[*c] == v.as_str())
+                })
+                .count() as f64;
+            let (cmp, k) = d.count.unwrap_or((Cmp::Ge, 1));
+            holds(cmp, n, k as f64)
+        }
+        Expr::Segment { .. } => false,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn evaluation_equals_the_naive_model(
+        persons in prop::collection::vec(person(), 1..60),
+        e in expr(),
+    ) {
+        let set = index(&persons);
+        let got = evaluate(&e, &set, NOW).expect("evaluates");
+        let want: RoaringBitmap = persons
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.live && naive(&e, p))
+            .map(|(o, _)| o as u32)
+            .collect();
+        prop_assert_eq!(&got, &want, "{}", e);
+        // Printing and parsing again changes nothing.
+        let again = super::parse(&e.to_string()).expect("parses");
+        prop_assert_eq!(evaluate(&again, &set, NOW).expect("evaluates"), want);
+    }
+}
+
+#[test]
+fn retired_persons_never_count() {
+    let persons = vec![
+        Person {
+            live: true,
+            tags: [true, false],
+            level: Some(0),
+            spend: Some(100),
+            events: vec![(NOW, 0, 0)],
+        },
+        Person {
+            live: false,
+            tags: [true, true],
+            level: Some(0),
+            spend: Some(100),
+            events: vec![(NOW, 0, 0)],
+        },
+    ];
+    let mut set = index(&persons);
+    // Even if an index kept a retired ordinal's bit, it is not counted.
+    set.tags.get_mut("t0").expect("t0").insert(1);
+    for text in ["t0", "NOT t1", "did(view) = 0 OR t0", "spend >= 0"] {
+        let e = super::parse(text).expect("parses");
+        let got: BTreeSet<u32> = evaluate(&e, &set, NOW).expect("evaluates").iter().collect();
+        assert!(!got.contains(&1), "{text}: {got:?}");
+    }
+}
