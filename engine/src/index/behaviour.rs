@@ -250,6 +250,40 @@ impl DailyCounts {
         Ok(total)
     }
 
+    /// Per-person event counts over `days` of the persons in `within`: each
+    /// block index is cut down to `within` before the additions.
+    pub fn counts_in(&self, days: RangeInclusive<i32>, within: &RoaringBitmap) -> Result<Bsi> {
+        let mut total = Bsi::default();
+        for (k, j) in self.cover(days) {
+            let block = self.levels[k][j].restricted(within);
+            if block.is_empty() {
+                continue;
+            }
+            total = total.add(&block).ok_or_else(|| {
+                Error::Internal("behaviour counts overflowed a window sum".into())
+            })?;
+        }
+        Ok(total)
+    }
+
+    /// [`DailyCounts::at_least`] among the persons of `within`.
+    pub fn at_least_in(
+        &self,
+        days: RangeInclusive<i32>,
+        n: u64,
+        within: &RoaringBitmap,
+    ) -> Result<RoaringBitmap> {
+        if n <= 1 {
+            let mut acc = RoaringBitmap::new();
+            for (k, j) in self.cover(days) {
+                acc |= self.levels[k][j].exists() & within;
+            }
+            return Ok(acc);
+        }
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        Ok(self.counts_in(days, within)?.compare(Compare::Ge, n))
+    }
+
     /// Persons with at least `n` events over `days` (`n = 0` means at least one).
     pub fn at_least(&self, days: RangeInclusive<i32>, n: u64) -> Result<RoaringBitmap> {
         if n <= 1 {
@@ -475,7 +509,12 @@ mod tests {
         ) {
             let c = build(&events);
             let days = from..=from + width;
-            prop_assert_eq!(c.at_least(days.clone(), n).unwrap(), naive(&events, days, n));
+            prop_assert_eq!(c.at_least(days.clone(), n).unwrap(), naive(&events, days.clone(), n));
+            let within: RoaringBitmap = (0..40).filter(|o| o % 3 != 1).collect();
+            prop_assert_eq!(
+                c.at_least_in(days.clone(), n, &within).unwrap(),
+                naive(&events, days, n) & &within
+            );
         }
     }
 }

@@ -199,6 +199,15 @@ impl Bsi {
         ))
     }
 
+    /// The index of the persons in `within` only.
+    pub fn restricted(&self, within: &RoaringBitmap) -> Bsi {
+        Bsi {
+            base: self.base,
+            exists: &self.exists & within,
+            slices: self.slices.iter().map(|s| s & within).collect(),
+        }
+    }
+
     /// Every `(ordinal, value)`, ascending by ordinal.
     pub fn values(&self) -> Vec<(Ordinal, i64)> {
         let mut out: Vec<(Ordinal, u64)> = self.exists.iter().map(|o| (Ordinal(o), 0)).collect();
@@ -268,6 +277,21 @@ impl Bsi {
         Some(self.base.wrapping_add(x as i64))
     }
 
+    /// Persons of `within` whose value compares to `c` as `op` says: the
+    /// bit-slice walk starts from `within`'s members with a value, so a small
+    /// `within` makes every step small.
+    pub fn compare_in(&self, op: Compare, c: i64, within: &RoaringBitmap) -> RoaringBitmap {
+        let (lt, eq, gt) = self.split_from(&self.exists & within, c, op);
+        match op {
+            Compare::Eq => eq,
+            Compare::Ne => lt | gt,
+            Compare::Lt => lt,
+            Compare::Le => lt | eq,
+            Compare::Gt => gt,
+            Compare::Ge => gt | eq,
+        }
+    }
+
     /// Persons whose value compares to `c` as `op` says.
     pub fn compare(&self, op: Compare, c: i64) -> RoaringBitmap {
         let (lt, eq, gt) = self.split(c);
@@ -309,21 +333,41 @@ impl Bsi {
 
     /// `(value < c, value = c, value > c)`, each among the persons with a value.
     fn split(&self, c: i64) -> (RoaringBitmap, RoaringBitmap, RoaringBitmap) {
+        self.split_from(self.exists.clone(), c, Compare::Ne)
+    }
+
+    /// `split` of the persons in `start` (members with a value); the `<`
+    /// and `>` parts are only gathered when `op` needs them.
+    fn split_from(
+        &self,
+        start: RoaringBitmap,
+        c: i64,
+        op: Compare,
+    ) -> (RoaringBitmap, RoaringBitmap, RoaringBitmap) {
         let empty = RoaringBitmap::new;
         if c < self.base {
-            return (empty(), empty(), self.exists.clone());
+            return (empty(), empty(), start);
         }
         let c = offset(c, self.base);
         if self.slices.len() < 64 && c >> self.slices.len() != 0 {
-            return (self.exists.clone(), empty(), empty());
+            return (start, empty(), empty());
         }
-        let (mut lt, mut eq, mut gt) = (empty(), self.exists.clone(), empty());
+        let want_lt = matches!(op, Compare::Lt | Compare::Le | Compare::Ne);
+        let want_gt = matches!(op, Compare::Gt | Compare::Ge | Compare::Ne);
+        let (mut lt, mut eq, mut gt) = (empty(), start, empty());
         for (bit, slice) in self.slices.iter().enumerate().rev() {
+            if eq.is_empty() {
+                break;
+            }
             if (c >> bit) & 1 == 1 {
-                lt |= &eq - slice;
+                if want_lt {
+                    lt |= &eq - slice;
+                }
                 eq &= slice;
             } else {
-                gt |= &eq & slice;
+                if want_gt {
+                    gt |= &eq & slice;
+                }
                 eq -= slice;
             }
         }
@@ -576,6 +620,24 @@ mod tests {
             prop_assert_eq!(b.compare(Compare::Le, c), naive(&vals, |v| v <= c));
             prop_assert_eq!(b.compare(Compare::Gt, c), naive(&vals, |v| v > c));
             prop_assert_eq!(b.compare(Compare::Ge, c), naive(&vals, |v| v >= c));
+        }
+
+        #[test]
+        fn compare_within_equals_compare_then_intersect(
+            vals in values(),
+            c in prop_oneof![-60i64..60, any::<i64>()],
+            within in prop::collection::vec(0u32..5_000, 0..300),
+        ) {
+            let b = build(&vals);
+            let within: RoaringBitmap = within.into_iter().collect();
+            for op in [Compare::Eq, Compare::Ne, Compare::Lt, Compare::Le, Compare::Gt, Compare::Ge] {
+                prop_assert_eq!(b.compare_in(op, c, &within), b.compare(op, c) & &within);
+            }
+            prop_assert_eq!(b.restricted(&within).values(), (b.compare(Compare::Ge, i64::MIN) & &within)
+                .iter().map(|o| (Ordinal(o), b.get(Ordinal(o)).unwrap())).collect::<Vec<_>>());
+            let mm = b.min_max(&within);
+            let in_scope: Vec<i64> = b.values().into_iter().filter(|(o, _)| within.contains(o.0)).map(|(_, v)| v).collect();
+            prop_assert_eq!(mm, in_scope.iter().min().zip(in_scope.iter().max()).map(|(a, z)| (*a, *z)));
         }
 
         #[test]

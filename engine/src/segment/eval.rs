@@ -1,8 +1,12 @@
 //! Evaluation of an [`Expr`] over one [`IndexSet`]: bitmap operations only,
 //! no event scan. Every result is a subset of the live persons.
 //!
-//! - a boolean tag is its bitmap; `NOT e` is the live persons minus `e`;
-//!   `AND` intersects its operands smallest first, `OR` unions them;
+//! - every operand is evaluated within a scope (at the top, the live
+//!   persons): `AND` evaluates its positive operands smallest first (by
+//!   sizes the index knows), each within what the ones before left, then
+//!   subtracts each `NOT x` evaluated within what is left; `NOT e` alone is
+//!   the scope minus `e`; `OR` unions its operands;
+//! - a boolean tag is its bitmap;
 //! - `field = v` / `IN` / `!=` on an enumerated tag, trait or attribute use
 //!   its per-value bitmaps (`!=` and `NOT IN`: persons with some other value);
 //! - comparisons and `BETWEEN` on a numeric trait run on its bit-sliced
@@ -51,7 +55,7 @@ fn unknown(what: &str, name: &str, near: Vec<String>) -> Error {
 
 /// Evaluates `e` over `index`, with windows relative to `now_day`.
 pub fn evaluate(e: &Expr, index: &IndexSet, now_day: i32) -> Result<RoaringBitmap> {
-    Ok(Eval { index, now_day }.eval(e)? & &index.live)
+    Eval { index, now_day }.eval(e, &index.live)
 }
 
 struct Eval<'a> {
@@ -60,34 +64,92 @@ struct Eval<'a> {
 }
 
 impl Eval<'_> {
-    fn eval(&self, e: &Expr) -> Result<RoaringBitmap> {
+    /// An upper bound of `e`'s members, from sizes the index knows without
+    /// evaluating (the order `AND` evaluates its operands in).
+    fn estimate(&self, e: &Expr) -> u64 {
+        let live = self.index.live.len();
+        match e {
+            Expr::And { args } => args.iter().map(|a| self.estimate(a)).min().unwrap_or(live),
+            Expr::Or { args } => args
+                .iter()
+                .map(|a| self.estimate(a))
+                .fold(0u64, u64::saturating_add)
+                .min(live),
+            Expr::Tag { name } => self.index.tags.get(name).map_or(0, RoaringBitmap::len),
+            Expr::Compare {
+                field,
+                cmp: Cmp::Eq,
+                value,
+            } => match self.index.enums.get(field) {
+                Some(m) => m.get(&literal_text(value)).map_or(0, RoaringBitmap::len),
+                None => self.index.numbers.get(field).map_or(live, |n| n.bsi.len()),
+            },
+            Expr::In {
+                field,
+                values,
+                negated: false,
+            } => match self.index.enums.get(field) {
+                Some(m) => values
+                    .iter()
+                    .filter_map(|v| m.get(&literal_text(v)))
+                    .map(RoaringBitmap::len)
+                    .sum(),
+                None => live,
+            },
+            Expr::Compare { field, .. } | Expr::Between { field, .. } => {
+                self.index.numbers.get(field).map_or(live, |n| n.bsi.len())
+            }
+            _ => live,
+        }
+    }
+
+    /// `e`'s members within `scope` (a subset of the live persons): every
+    /// result is a subset of `scope`, and each operand works on no more
+    /// than it has to.
+    fn eval(&self, e: &Expr, scope: &RoaringBitmap) -> Result<RoaringBitmap> {
         match e {
             Expr::And { args } => {
-                let mut parts = args
-                    .iter()
-                    .map(|a| self.eval(a))
-                    .collect::<Result<Vec<_>>>()?;
-                parts.sort_by_key(RoaringBitmap::len);
-                let mut it = parts.into_iter();
-                let mut acc = it.next().unwrap_or_else(|| self.index.live.clone());
-                for b in it {
+                // Positive operands smallest first, each within what the
+                // ones before left; then every `NOT x` as a difference.
+                let (mut pos, mut neg): (Vec<&Expr>, Vec<&Expr>) = (Vec::new(), Vec::new());
+                for a in args {
+                    match a {
+                        Expr::Not { arg } => neg.push(arg),
+                        other => pos.push(other),
+                    }
+                }
+                let mut order: Vec<(u64, &Expr)> =
+                    pos.into_iter().map(|a| (self.estimate(a), a)).collect();
+                order.sort_by_key(|(n, _)| *n);
+                let mut acc: Option<RoaringBitmap> = None;
+                for (_, a) in order {
+                    let within = acc.as_ref().unwrap_or(scope);
+                    if within.is_empty() {
+                        break;
+                    }
+                    acc = Some(self.eval(a, within)?);
+                }
+                let mut acc = acc.unwrap_or_else(|| scope.clone());
+                neg.sort_by_key(|a| std::cmp::Reverse(self.estimate(a)));
+                for a in neg {
                     if acc.is_empty() {
                         break;
                     }
-                    acc &= b;
+                    let hit = self.eval(a, &acc)?;
+                    acc -= hit;
                 }
                 Ok(acc)
             }
             Expr::Or { args } => {
                 let mut acc = RoaringBitmap::new();
                 for a in args {
-                    acc |= self.eval(a)?;
+                    acc |= self.eval(a, scope)?;
                 }
                 Ok(acc)
             }
-            Expr::Not { arg } => Ok(&self.index.live - self.eval(arg)?),
-            Expr::Tag { name } => self.tag(name),
-            Expr::Compare { field, cmp, value } => self.compare(field, *cmp, value),
+            Expr::Not { arg } => Ok(scope - self.eval(arg, scope)?),
+            Expr::Tag { name } => Ok(self.tag(name)? & scope),
+            Expr::Compare { field, cmp, value } => self.compare(field, *cmp, value, scope),
             Expr::In {
                 field,
                 values,
@@ -97,11 +159,11 @@ impl Eval<'_> {
                 let mut hit = RoaringBitmap::new();
                 for v in values {
                     if let Some(b) = by_value.get(&literal_text(v)) {
-                        hit |= b;
+                        hit |= b & scope;
                     }
                 }
                 if *negated {
-                    Ok(any_value(by_value) - hit)
+                    Ok(any_value(by_value, scope) - hit)
                 } else {
                     Ok(hit)
                 }
@@ -113,10 +175,11 @@ impl Eval<'_> {
                 Ok(if lo > hi {
                     RoaringBitmap::new()
                 } else {
-                    n.bsi.range(lo..=hi)
+                    n.bsi.compare_in(Compare::Ge, lo, scope)
+                        & n.bsi.compare_in(Compare::Le, hi, scope)
                 })
             }
-            Expr::Did(d) => self.did(d),
+            Expr::Did(d) => self.did(d, scope),
             Expr::Segment { name } => Err(Error::invalid(
                 "expression",
                 format!("unknown saved segment `{name}`"),
@@ -184,20 +247,26 @@ impl Eval<'_> {
         Err(unknown("numeric trait", field, near(field, self.names())))
     }
 
-    fn compare(&self, field: &str, cmp: Cmp, value: &Literal) -> Result<RoaringBitmap> {
+    fn compare(
+        &self,
+        field: &str,
+        cmp: Cmp,
+        value: &Literal,
+        scope: &RoaringBitmap,
+    ) -> Result<RoaringBitmap> {
         if self.index.numbers.contains_key(field) {
             let n = self.numeric(field)?;
             let (op, c) = match cmp {
                 Cmp::Eq | Cmp::Ne => {
                     let exact = scaled(field, value, n.scale, Rounding::Exact)?;
                     let eq = match exact {
-                        Some(c) => n.bsi.compare(Compare::Eq, c),
+                        Some(c) => n.bsi.compare_in(Compare::Eq, c, scope),
                         None => RoaringBitmap::new(),
                     };
                     return Ok(if cmp == Cmp::Eq {
                         eq
                     } else {
-                        n.bsi.exists() - eq
+                        (n.bsi.exists() & scope) - eq
                     });
                 }
                 Cmp::Ge => (Compare::Ge, bound(field, value, n.scale, Rounding::Up)?),
@@ -205,14 +274,14 @@ impl Eval<'_> {
                 Cmp::Le => (Compare::Le, bound(field, value, n.scale, Rounding::Down)?),
                 Cmp::Lt => (Compare::Lt, bound(field, value, n.scale, Rounding::Up)?),
             };
-            return Ok(n.bsi.compare(op, c));
+            return Ok(n.bsi.compare_in(op, c, scope));
         }
         let by_value = self.enumerated(field)?;
         let text = literal_text(value);
-        let hit = by_value.get(&text).cloned().unwrap_or_default();
+        let hit = by_value.get(&text).map(|b| b & scope).unwrap_or_default();
         match cmp {
             Cmp::Eq => Ok(hit),
-            Cmp::Ne => Ok(any_value(by_value) - hit),
+            Cmp::Ne => Ok(any_value(by_value, scope) - hit),
             _ => Err(Error::invalid(
                 "expression",
                 format!("`{field}` is enumerated: only = != and IN compare it"),
@@ -220,7 +289,7 @@ impl Eval<'_> {
         }
     }
 
-    fn did(&self, d: &Did) -> Result<RoaringBitmap> {
+    fn did(&self, d: &Did, scope: &RoaringBitmap) -> Result<RoaringBitmap> {
         let key = BehaviourKey::new(&d.event_type, d.filters.clone());
         let Some(counts) = self.index.behaviour.get(&key) else {
             if !self.index.event_types.contains(&d.event_type) {
@@ -249,34 +318,34 @@ impl Eval<'_> {
             }
             // Indexed, but nobody did it: every count is zero.
             return Ok(match d.count.unwrap_or((Cmp::Ge, 1)) {
-                (Cmp::Le, _) | (Cmp::Eq, 0) | (Cmp::Ge, 0) => self.index.live.clone(),
-                (Cmp::Lt, n) | (Cmp::Ne, n) if n > 0 => self.index.live.clone(),
+                (Cmp::Le, _) | (Cmp::Eq, 0) | (Cmp::Ge, 0) => scope.clone(),
+                (Cmp::Lt, n) | (Cmp::Ne, n) if n > 0 => scope.clone(),
                 _ => RoaringBitmap::new(),
             });
         };
         let days = self.window(d.window);
-        let at_least = |n: u64| counts.at_least(days.clone(), n.max(1));
-        let live = &self.index.live;
+        let at_least = |n: u64| counts.at_least_in(days.clone(), n.max(1), scope);
+        let exactly = |n: u64| -> Result<RoaringBitmap> {
+            Ok(counts
+                .counts_in(days.clone(), scope)?
+                .compare(Compare::Eq, i64::try_from(n).unwrap_or(i64::MAX)))
+        };
         Ok(match d.count.unwrap_or((Cmp::Ge, 1)) {
-            (Cmp::Ge, 0) => live.clone(),
+            (Cmp::Ge, 0) => scope.clone(),
             (Cmp::Ge, n) => at_least(n)?,
             (Cmp::Gt, n) => at_least(n + 1)?,
-            (Cmp::Eq, 0) => live - at_least(1)?,
-            (Cmp::Eq, n) => counts
-                .counts(days.clone())?
-                .compare(Compare::Eq, i64::try_from(n).unwrap_or(i64::MAX)),
-            (Cmp::Le, n) => live - at_least(n + 1)?,
+            (Cmp::Eq, 0) => scope - at_least(1)?,
+            (Cmp::Eq, n) => exactly(n)?,
+            (Cmp::Le, n) => scope - at_least(n + 1)?,
             (Cmp::Lt, 0) => RoaringBitmap::new(),
-            (Cmp::Lt, n) => live - at_least(n)?,
+            (Cmp::Lt, n) => scope - at_least(n)?,
             (Cmp::Ne, n) => {
                 let eq = if n == 0 {
-                    live - at_least(1)?
+                    scope - at_least(1)?
                 } else {
-                    counts
-                        .counts(days.clone())?
-                        .compare(Compare::Eq, i64::try_from(n).unwrap_or(i64::MAX))
+                    exactly(n)?
                 };
-                live - eq
+                scope - eq
             }
         })
     }
@@ -293,10 +362,14 @@ impl Eval<'_> {
     }
 }
 
-fn any_value(by_value: &std::collections::BTreeMap<String, RoaringBitmap>) -> RoaringBitmap {
+/// Persons of `scope` with any value.
+fn any_value(
+    by_value: &std::collections::BTreeMap<String, RoaringBitmap>,
+    scope: &RoaringBitmap,
+) -> RoaringBitmap {
     by_value
         .values()
-        .fold(RoaringBitmap::new(), |acc, b| acc | b)
+        .fold(RoaringBitmap::new(), |acc, b| acc | (b & scope))
 }
 
 /// A literal as the string an enumerated value is compared with.
