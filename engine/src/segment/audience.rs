@@ -18,7 +18,7 @@ use roaring::RoaringBitmap;
 use super::ast::Expr;
 use super::eval::{day_number, evaluate, near};
 use super::saved::{self, Catalog, SavedSegment, SnapshotInfo};
-use crate::index::IndexSet;
+use crate::index::{Compare, IndexSet};
 use crate::store::Workspace;
 use crate::{Error, Result};
 
@@ -243,7 +243,9 @@ impl Workspace {
         let started = Instant::now();
         let m = &audience.members;
         let mut rows = Vec::new();
-        let mut covered = RoaringBitmap::new();
+        // Members with a value: a person holds one value of an enumerated
+        // field, so the per-value counts add up (no union is built).
+        let with_value;
         if let Some(values) = index.enums.get(by) {
             for (value, b) in values {
                 let count = m.intersection_len(b);
@@ -253,8 +255,8 @@ impl Workspace {
                         count,
                     });
                 }
-                covered |= b;
             }
+            with_value = rows.iter().map(|r| r.count).sum::<u64>();
             rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
         } else if let Some(b) = index.tags.get(by) {
             let yes = m.intersection_len(b);
@@ -266,7 +268,7 @@ impl Workspace {
                 value: "false".into(),
                 count: m.len() - yes,
             });
-            covered = m.clone();
+            with_value = m.len();
         } else if let Some(n) = index.numbers.get(by) {
             let scale = n.scale;
             let factor = 10f64.powi(i32::from(scale));
@@ -296,13 +298,15 @@ impl Workspace {
                 .zip(cuts.iter().copied().map(Some).chain(std::iter::once(None)))
                 .collect();
             for (lo, hi) in bounds {
-                let b = match (lo, hi) {
-                    (None, Some(h)) => n.bsi.range(..h),
-                    (Some(l), Some(h)) => n.bsi.range(l..h),
-                    (Some(l), None) => n.bsi.range(l..),
-                    (None, None) => n.bsi.exists().clone(),
+                // bit-slice walks over the members only
+                let ge = |l: i64| n.bsi.compare_in(Compare::Ge, l, m);
+                let lt = |h: i64, within: &RoaringBitmap| n.bsi.compare_in(Compare::Lt, h, within);
+                let count = match (lo, hi) {
+                    (None, Some(h)) => lt(h, m).len(),
+                    (Some(l), Some(h)) => lt(h, &ge(l)).len(),
+                    (Some(l), None) => ge(l).len(),
+                    (None, None) => m.intersection_len(n.bsi.exists()),
                 };
-                let count = m.intersection_len(&b);
                 if count > 0 || (lo.is_some() && hi.is_some()) {
                     rows.push(BreakdownRow {
                         value: label(lo, hi),
@@ -310,7 +314,7 @@ impl Workspace {
                     });
                 }
             }
-            covered = n.bsi.exists().clone();
+            with_value = m.intersection_len(n.bsi.exists());
         } else {
             let names = index
                 .enums
@@ -329,7 +333,7 @@ impl Workspace {
                 format!("unknown tag, attribute or trait `{by}`{hint}"),
             ));
         }
-        let none = m.len() - m.intersection_len(&covered);
+        let none = m.len().saturating_sub(with_value);
         if none > 0 {
             rows.push(BreakdownRow {
                 value: "(none)".into(),
