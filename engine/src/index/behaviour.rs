@@ -280,8 +280,10 @@ impl DailyCounts {
             }
             return Ok(acc);
         }
+        // Only those who did it at all in the window need a count.
+        let some = self.at_least_in(days.clone(), 1, within)?;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
-        Ok(self.counts_in(days, within)?.compare(Compare::Ge, n))
+        Ok(self.counts_in(days, &some)?.compare(Compare::Ge, n))
     }
 
     /// Persons with at least `n` events over `days` (`n = 0` means at least one).

@@ -2,10 +2,11 @@
 //! no event scan. Every result is a subset of the live persons.
 //!
 //! - every operand is evaluated within a scope (at the top, the live
-//!   persons): `AND` evaluates its positive operands smallest first (by
-//!   sizes the index knows), each within what the ones before left, then
-//!   subtracts each `NOT x` evaluated within what is left; `NOT e` alone is
-//!   the scope minus `e`; `OR` unions its operands;
+//!   persons): `AND` takes cheap operands before costly ones (bit-slice
+//!   walks, window sums), and within each group its positive operands
+//!   smallest first (by sizes the index knows), then each `NOT x` as a
+//!   difference, every step within what the steps before left; `NOT e`
+//!   alone is the scope minus `e`; `OR` unions its operands;
 //! - a boolean tag is its bitmap;
 //! - `field = v` / `IN` / `!=` on an enumerated tag, trait or attribute use
 //!   its per-value bitmaps (`!=` and `NOT IN`: persons with some other value);
@@ -103,42 +104,50 @@ impl Eval<'_> {
         }
     }
 
+    /// Whether `e` costs more than a few bitmap operations: a bit-slice walk
+    /// (numeric comparisons) or a window sum (`did` counts above one).
+    fn costly(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Compare { field, .. } => self.index.numbers.contains_key(field),
+            Expr::Between { .. } => true,
+            Expr::Did(d) => !matches!(
+                d.count.unwrap_or((Cmp::Ge, 1)),
+                (Cmp::Ge, 0 | 1) | (Cmp::Gt, 0) | (Cmp::Eq, 0) | (Cmp::Lt, 0 | 1) | (Cmp::Le, 0)
+            ),
+            Expr::Not { arg } => self.costly(arg),
+            Expr::And { args } | Expr::Or { args } => args.iter().any(|a| self.costly(a)),
+            _ => false,
+        }
+    }
+
     /// `e`'s members within `scope` (a subset of the live persons): every
     /// result is a subset of `scope`, and each operand works on no more
     /// than it has to.
     fn eval(&self, e: &Expr, scope: &RoaringBitmap) -> Result<RoaringBitmap> {
         match e {
             Expr::And { args } => {
-                // Positive operands smallest first, each within what the
-                // ones before left; then every `NOT x` as a difference.
-                let (mut pos, mut neg): (Vec<&Expr>, Vec<&Expr>) = (Vec::new(), Vec::new());
-                for a in args {
-                    match a {
-                        Expr::Not { arg } => neg.push(arg),
-                        other => pos.push(other),
-                    }
-                }
-                let mut order: Vec<(u64, &Expr)> =
-                    pos.into_iter().map(|a| (self.estimate(a), a)).collect();
-                order.sort_by_key(|(n, _)| *n);
+                // Cheap operands before costly ones (bit-slice walks, window
+                // sums), so those run on what is left; within each, positive
+                // operands smallest first, each within what the ones before
+                // left, then every `NOT x` as a difference.
+                let mut steps: Vec<(bool, bool, u64, &Expr)> = args
+                    .iter()
+                    .map(|a| match a {
+                        Expr::Not { arg } => (self.costly(arg), true, 0, &**arg),
+                        other => (self.costly(other), false, self.estimate(other), other),
+                    })
+                    .collect();
+                steps.sort_by_key(|&(costly, negated, size, _)| (costly, negated, size));
                 let mut acc: Option<RoaringBitmap> = None;
-                for (_, a) in order {
+                for (_, negated, _, a) in steps {
                     let within = acc.as_ref().unwrap_or(scope);
                     if within.is_empty() {
                         break;
                     }
-                    acc = Some(self.eval(a, within)?);
+                    let hit = self.eval(a, within)?;
+                    acc = Some(if negated { within - hit } else { hit });
                 }
-                let mut acc = acc.unwrap_or_else(|| scope.clone());
-                neg.sort_by_key(|a| std::cmp::Reverse(self.estimate(a)));
-                for a in neg {
-                    if acc.is_empty() {
-                        break;
-                    }
-                    let hit = self.eval(a, &acc)?;
-                    acc -= hit;
-                }
-                Ok(acc)
+                Ok(acc.unwrap_or_else(|| scope.clone()))
             }
             Expr::Or { args } => {
                 let mut acc = RoaringBitmap::new();
@@ -326,8 +335,9 @@ impl Eval<'_> {
         let days = self.window(d.window);
         let at_least = |n: u64| counts.at_least_in(days.clone(), n.max(1), scope);
         let exactly = |n: u64| -> Result<RoaringBitmap> {
+            let some = counts.at_least_in(days.clone(), 1, scope)?;
             Ok(counts
-                .counts_in(days.clone(), scope)?
+                .counts_in(days.clone(), &some)?
                 .compare(Compare::Eq, i64::try_from(n).unwrap_or(i64::MAX)))
         };
         Ok(match d.count.unwrap_or((Cmp::Ge, 1)) {

@@ -303,15 +303,16 @@ impl Workspace {
             .collect())
     }
 
-    /// The latest index version, loaded once and kept (`None` before the first refresh).
+    /// The latest index version, loaded once and kept (`None` before the
+    /// first refresh). Versions are only written by this process's
+    /// refreshes, which replace the kept one, so once loaded no directory is
+    /// read again: an audience question costs bitmap work only.
     pub fn tag_index(&self) -> Result<Option<Arc<IndexSet>>> {
         let state = self.tag_state();
-        let newest = IndexSet::versions(&self.index_dir())?.last().copied();
-        if let Some(cur) = state.latest.read().as_ref()
-            && Some(cur.version) == newest
-        {
+        if let Some(cur) = state.latest.read().as_ref() {
             return Ok(Some(cur.clone()));
         }
+        let newest = IndexSet::versions(&self.index_dir())?.last().copied();
         let Some(v) = newest else {
             return Ok(None);
         };

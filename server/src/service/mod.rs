@@ -22,7 +22,6 @@ use quiver_proto::v1::segment_service_server::SegmentServiceServer;
 use quiver_proto::v1::tag_service_server::TagServiceServer;
 use quiver_proto::v1::workspace_service_server::WorkspaceServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// Largest message accepted or sent (a batch of `store.max_batch_rows` events fits).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -100,7 +99,14 @@ pub async fn serve(
         .add_service(identity)
         .add_service(tags)
         .add_service(segments)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // The builder's `tcp_nodelay` applies only to listeners it binds
+        // itself: accepted sockets get it here. Without it, a response
+        // written in two pieces (a breakdown's data, then its trailers)
+        // waits for the client's delayed ACK, ≈ 40 ms.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }
