@@ -311,3 +311,58 @@ fn retired_persons_never_count() {
         assert!(!got.contains(&1), "{text}: {got:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_picks_the_version_in_force_that_day() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = crate::EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    cfg.store.fsync = false;
+    let engine = crate::Engine::open(cfg).await.expect("engine");
+    let ws = engine.create_workspace("shop").await.expect("workspace");
+    // Two versions, built on 2026-10-01 and 2026-10-20: one VIP, then two.
+    let at =
+        |d: &str| i64::from(day_number(d.parse().expect("date"))) * 86_400_000_000 + 43_200_000_000;
+    for (version, built, vips) in [
+        (1u64, at("2026-10-01"), vec![1u32]),
+        (2, at("2026-10-20"), vec![1, 2]),
+    ] {
+        let mut set = IndexSet {
+            version,
+            built_at: built,
+            live: (0..5).collect(),
+            ..IndexSet::default()
+        };
+        set.enums.insert(
+            "member_level".into(),
+            BTreeMap::from([("vip".to_string(), vips.into_iter().collect())]),
+        );
+        set.write(&ws.index_dir(), serde_json::Value::Null)
+            .expect("write version");
+    }
+    let e = super::parse("member_level = 'vip'").expect("parses");
+    let ask = |d: Option<&str>| {
+        ws.audience(
+            &e,
+            super::AudienceOptions {
+                now: None,
+                as_of: d.map(|d| d.parse().expect("date")),
+            },
+        )
+    };
+    let latest = ask(None).expect("latest");
+    assert_eq!((latest.index_version, latest.members.len()), (2, 2));
+    let then = ask(Some("2026-10-10")).expect("as of the 10th");
+    assert_eq!((then.index_version, then.members.len()), (1, 1));
+    // Windows end on the as_of day.
+    assert_eq!(
+        then.now.div_euclid(86_400_000_000),
+        i64::from(day_number("2026-10-10".parse().expect("date")))
+    );
+    let same_day = ask(Some("2026-10-20")).expect("as of the 20th");
+    assert_eq!(same_day.index_version, 2);
+    let err = ask(Some("2026-09-30")).expect_err("older than every kept version");
+    assert!(err.to_string().contains("keep_versions"), "{err}");
+}
