@@ -196,7 +196,7 @@ async fn over_grpc(url: &str, now_ms: i64, runs: usize) -> anyhow::Result<Vec<Ro
     let mut rows = Vec::new();
     for (question, expr) in [("q1", Q1), ("q2", Q2)] {
         let (mut wall, mut server) = (Vec::new(), Vec::new());
-        let mut answer = None;
+        let (mut answer, mut cold) = (None, f64::NAN);
         for i in 0..=runs {
             let t = Instant::now();
             let r = client
@@ -210,13 +210,18 @@ async fn over_grpc(url: &str, now_ms: i64, runs: usize) -> anyhow::Result<Vec<Ro
             if i > 0 {
                 wall.push(ms);
                 server.push(r.evaluated.map_or(f64::NAN, |e| e.micros as f64 / 1000.0));
+            } else {
+                cold = ms;
             }
             answer = Some(Answer::Count(r.count));
         }
         rows.push(Row {
             system: "Quiver gRPC".into(),
             question,
-            note: format!("server-side p50 {:.3} ms", timing(server).p50),
+            note: format!(
+                "server-side p50 {:.3} ms; first call {cold:.3} ms (window results not yet kept)",
+                timing(server).p50
+            ),
             timing: timing(wall),
             answer,
         });
@@ -267,21 +272,22 @@ async fn in_process(data: &Path, now_ms: i64, runs: usize) -> anyhow::Result<(Ve
         now: Some(now_ms * 1000),
         as_of: None,
     };
-    // The first question loads the index version.
-    let q1 = quiver_engine::segment::parse(Q1)?;
-    ws.audience(&q1, opts)?;
+    // Load the index version (with a question that needs no window).
+    ws.audience(&quiver_engine::segment::parse("skincare_lover")?, opts)?;
     let open = t.elapsed().as_secs_f64();
     let mut rows = Vec::new();
     for (question, text) in [("q1", Q1), ("q2", Q2)] {
         let e = quiver_engine::segment::parse(text)?;
         let mut ms = Vec::new();
-        let mut answer = None;
+        let (mut answer, mut cold) = (None, f64::NAN);
         for i in 0..=runs {
             let t = Instant::now();
             let a = ws.audience(&e, opts)?;
-            let took = t.elapsed();
+            let took = t.elapsed().as_secs_f64() * 1000.0;
             if i > 0 {
-                ms.push(took.as_secs_f64() * 1000.0);
+                ms.push(took);
+            } else {
+                cold = took;
             }
             answer = Some(Answer::Count(a.members.len()));
         }
@@ -290,7 +296,9 @@ async fn in_process(data: &Path, now_ms: i64, runs: usize) -> anyhow::Result<(Ve
             question,
             timing: timing(ms),
             answer,
-            note: "Workspace::audience (evaluation on the loaded index)".into(),
+            note: format!(
+                "Workspace::audience on the loaded index; first call {cold:.3} ms (window results not yet kept)"
+            ),
         });
     }
     let e = quiver_engine::segment::parse(Q2)?;
@@ -299,6 +307,7 @@ async fn in_process(data: &Path, now_ms: i64, runs: usize) -> anyhow::Result<(Ve
     for i in 0..=runs {
         let t = Instant::now();
         let b = ws.breakdown(&e, "city", &[], opts)?;
+        // (Q2's windows are kept from the Q2 runs above.)
         let took: Duration = t.elapsed();
         if i > 0 {
             ms.push(took.as_secs_f64() * 1000.0);
@@ -353,6 +362,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&bitmaps)?;
     let mut rows = {
         let server = Server::start(&bin, &data)?;
+        // Timed first, while the server has kept no window results.
+        let rows = over_grpc(&server.url, now_ms, args.runs).await?;
         let cities = cli_json(
             &server,
             &bin,
@@ -402,7 +413,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ],
             )?;
         }
-        over_grpc(&server.url, now_ms, args.runs).await?
+        rows
     };
     let (local, open_secs) = in_process(&data, now_ms, args.runs).await?;
     rows.extend(local);

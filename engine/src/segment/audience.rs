@@ -31,6 +31,8 @@ pub(crate) struct SegmentState {
     lock: tokio::sync::Mutex<()>,
     /// `person_id` by ordinal, with the OneID run it was read after.
     person_ids: RwLock<Option<(u64, PersonIds)>>,
+    /// Window results of the loaded index version.
+    windows: super::WindowCache,
 }
 
 /// `person_id` by ordinal (`None`: never used).
@@ -215,7 +217,8 @@ impl Workspace {
             (None, None) => crate::store::now_micros(),
         };
         let started = Instant::now();
-        let members = evaluate(&e, &index, now.div_euclid(DAY_US) as i32)?;
+        let windows = &self.segment_state().windows;
+        let members = super::evaluate_cached(&e, &index, now.div_euclid(DAY_US) as i32, windows)?;
         Ok(Audience {
             members,
             persons: index.live.len(),

@@ -56,12 +56,68 @@ fn unknown(what: &str, name: &str, near: Vec<String>) -> Error {
 
 /// Evaluates `e` over `index`, with windows relative to `now_day`.
 pub fn evaluate(e: &Expr, index: &IndexSet, now_day: i32) -> Result<RoaringBitmap> {
-    Eval { index, now_day }.eval(e, &index.live)
+    Eval {
+        index,
+        now_day,
+        windows: None,
+    }
+    .eval(e, &index.live)
+}
+
+/// [`evaluate`], keeping each `did(...) >= n` window's members over all live
+/// persons in `windows`, so later questions over the same window and index
+/// version (any scope) intersect one bitmap instead of summing the window
+/// again.
+pub(crate) fn evaluate_cached(
+    e: &Expr,
+    index: &IndexSet,
+    now_day: i32,
+    windows: &WindowCache,
+) -> Result<RoaringBitmap> {
+    Eval {
+        index,
+        now_day,
+        windows: Some(windows),
+    }
+    .eval(e, &index.live)
+}
+
+/// (index version, behaviour key, first day, last day, at least n).
+type WindowKey = (u64, BehaviourKey, i32, i32, u64);
+
+/// Members of `did(key) >= n` over a window, all live persons, per index
+/// version: at most [`WindowCache::CAPACITY`] windows, dropped together
+/// when full or when the index version changes.
+#[derive(Debug, Default)]
+pub(crate) struct WindowCache {
+    map: parking_lot::Mutex<std::collections::HashMap<WindowKey, std::sync::Arc<RoaringBitmap>>>,
+}
+
+impl WindowCache {
+    const CAPACITY: usize = 512;
+
+    fn get_or_insert(
+        &self,
+        key: WindowKey,
+        compute: impl FnOnce() -> Result<RoaringBitmap>,
+    ) -> Result<std::sync::Arc<RoaringBitmap>> {
+        if let Some(b) = self.map.lock().get(&key) {
+            return Ok(b.clone());
+        }
+        let b = std::sync::Arc::new(compute()?);
+        let mut map = self.map.lock();
+        if map.len() >= Self::CAPACITY || map.keys().next().is_some_and(|k| k.0 != key.0) {
+            map.clear();
+        }
+        map.insert(key, b.clone());
+        Ok(b)
+    }
 }
 
 struct Eval<'a> {
     index: &'a IndexSet,
     now_day: i32,
+    windows: Option<&'a WindowCache>,
 }
 
 impl Eval<'_> {
@@ -333,7 +389,25 @@ impl Eval<'_> {
             });
         };
         let days = self.window(d.window);
-        let at_least = |n: u64| counts.at_least_in(days.clone(), n.max(1), scope);
+        let at_least = |n: u64| -> Result<RoaringBitmap> {
+            let n = n.max(1);
+            match self.windows {
+                Some(cache) => {
+                    let key = (
+                        self.index.version,
+                        key.clone(),
+                        *days.start(),
+                        *days.end(),
+                        n,
+                    );
+                    let all = cache.get_or_insert(key, || {
+                        counts.at_least_in(days.clone(), n, &self.index.live)
+                    })?;
+                    Ok(&*all & scope)
+                }
+                None => counts.at_least_in(days.clone(), n, scope),
+            }
+        };
         let exactly = |n: u64| -> Result<RoaringBitmap> {
             let some = counts.at_least_in(days.clone(), 1, scope)?;
             Ok(counts

@@ -278,6 +278,11 @@ proptest! {
             .map(|(o, _)| o as u32)
             .collect();
         prop_assert_eq!(&got, &want, "{}", e);
+        // With the window cache: cold, then warm.
+        let cache = super::WindowCache::default();
+        for _ in 0..2 {
+            prop_assert_eq!(&super::evaluate_cached(&e, &set, NOW, &cache).expect("evaluates"), &want);
+        }
         // Printing and parsing again changes nothing.
         let again = super::parse(&e.to_string()).expect("parses");
         prop_assert_eq!(evaluate(&again, &set, NOW).expect("evaluates"), want);
