@@ -96,6 +96,10 @@ pub(crate) struct WindowCache {
 impl WindowCache {
     const CAPACITY: usize = 512;
 
+    fn get(&self, key: &WindowKey) -> Option<std::sync::Arc<RoaringBitmap>> {
+        self.map.lock().get(key).cloned()
+    }
+
     fn get_or_insert(
         &self,
         key: WindowKey,
@@ -156,16 +160,33 @@ impl Eval<'_> {
             Expr::Compare { field, .. } | Expr::Between { field, .. } => {
                 self.index.numbers.get(field).map_or(live, |n| n.bsi.len())
             }
+            Expr::Did(d) => self.kept_window(d).map_or(live, |b| b.len()),
             _ => live,
         }
     }
 
+    /// The kept members of `d`'s window over all live persons, when `d` is
+    /// an at-least question whose window an earlier question kept.
+    fn kept_window(&self, d: &Did) -> Option<std::sync::Arc<RoaringBitmap>> {
+        let n = match d.count.unwrap_or((Cmp::Ge, 1)) {
+            (Cmp::Ge, n) => n.max(1),
+            (Cmp::Gt, n) => n + 1,
+            _ => return None,
+        };
+        let days = self.window(d.window);
+        let key = BehaviourKey::new(&d.event_type, d.filters.clone());
+        self.windows?
+            .get(&(self.index.version, key, *days.start(), *days.end(), n))
+    }
+
     /// Whether `e` costs more than a few bitmap operations: a bit-slice walk
-    /// (numeric comparisons) or a window sum (`did` counts above one).
+    /// (numeric comparisons) or a window sum (`did` counts above one) that
+    /// no earlier question kept.
     fn costly(&self, e: &Expr) -> bool {
         match e {
             Expr::Compare { field, .. } => self.index.numbers.contains_key(field),
             Expr::Between { .. } => true,
+            Expr::Did(d) if self.kept_window(d).is_some() => false,
             Expr::Did(d) => !matches!(
                 d.count.unwrap_or((Cmp::Ge, 1)),
                 (Cmp::Ge, 0 | 1) | (Cmp::Gt, 0) | (Cmp::Eq, 0) | (Cmp::Lt, 0 | 1) | (Cmp::Le, 0)
@@ -252,9 +273,9 @@ impl Eval<'_> {
         }
     }
 
-    fn tag(&self, name: &str) -> Result<RoaringBitmap> {
+    fn tag(&self, name: &str) -> Result<&RoaringBitmap> {
         if let Some(b) = self.index.tags.get(name) {
-            return Ok(b.clone());
+            return Ok(b);
         }
         if self.index.enums.contains_key(name) || self.index.numbers.contains_key(name) {
             return Err(Error::invalid(
