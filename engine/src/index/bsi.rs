@@ -212,13 +212,18 @@ impl Bsi {
     pub fn values(&self) -> Vec<(Ordinal, i64)> {
         let mut out: Vec<(Ordinal, u64)> = self.exists.iter().map(|o| (Ordinal(o), 0)).collect();
         for (bit, slice) in self.slices.iter().enumerate() {
-            // both ascend: one merge walk per slice
+            // both ascend: one merge walk per slice (a bit of a person
+            // without a value, in a damaged file, is ignored)
             let mut i = 0;
             for o in slice {
-                while out[i].0.0 < o {
+                while i < out.len() && out[i].0.0 < o {
                     i += 1;
                 }
-                out[i].1 |= 1 << bit;
+                match out.get_mut(i) {
+                    Some(slot) if slot.0.0 == o => slot.1 |= 1 << bit,
+                    Some(_) => {}
+                    None => break,
+                }
             }
         }
         out.into_iter()
