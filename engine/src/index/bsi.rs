@@ -286,20 +286,18 @@ impl Bsi {
     /// bit-slice walk starts from `within`'s members with a value, so a small
     /// `within` makes every step small.
     pub fn compare_in(&self, op: Compare, c: i64, within: &RoaringBitmap) -> RoaringBitmap {
-        let (lt, eq, gt) = self.split_from(&self.exists & within, c, op);
-        match op {
-            Compare::Eq => eq,
-            Compare::Ne => lt | gt,
-            Compare::Lt => lt,
-            Compare::Le => lt | eq,
-            Compare::Gt => gt,
-            Compare::Ge => gt | eq,
-        }
+        self.compare_from(&self.exists & within, op, c)
     }
 
     /// Persons whose value compares to `c` as `op` says.
     pub fn compare(&self, op: Compare, c: i64) -> RoaringBitmap {
-        let (lt, eq, gt) = self.split(c);
+        self.compare_from(self.exists.clone(), op, c)
+    }
+
+    /// The persons of `start` (members with a value) whose value compares
+    /// to `c` as `op` says.
+    fn compare_from(&self, start: RoaringBitmap, op: Compare, c: i64) -> RoaringBitmap {
+        let (lt, eq, gt) = self.split_from(start, c, op);
         match op {
             Compare::Eq => eq,
             Compare::Ne => lt | gt,
@@ -337,11 +335,8 @@ impl Bsi {
     }
 
     /// `(value < c, value = c, value > c)`, each among the persons with a value.
-    fn split(&self, c: i64) -> (RoaringBitmap, RoaringBitmap, RoaringBitmap) {
-        self.split_from(self.exists.clone(), c, Compare::Ne)
-    }
-
-    /// `split` of the persons in `start` (members with a value); the `<`
+    /// `(value < c, value = c, value > c)` among the persons of `start`
+    /// (members with a value), by one walk down the bit slices; the `<`
     /// and `>` parts are only gathered when `op` needs them.
     fn split_from(
         &self,
