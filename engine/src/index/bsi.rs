@@ -334,7 +334,6 @@ impl Bsi {
         bits + n * self.base as i128
     }
 
-    /// `(value < c, value = c, value > c)`, each among the persons with a value.
     /// `(value < c, value = c, value > c)` among the persons of `start`
     /// (members with a value), by one walk down the bit slices; the `<`
     /// and `>` parts are only gathered when `op` needs them.
