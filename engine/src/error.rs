@@ -96,3 +96,12 @@ impl From<datafusion::error::DataFusionError> for Error {
         Error::Sql(e.to_string())
     }
 }
+
+impl From<Error> for datafusion::error::DataFusionError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Sql(s) => datafusion::error::DataFusionError::Execution(s),
+            other => datafusion::error::DataFusionError::External(Box::new(other)),
+        }
+    }
+}

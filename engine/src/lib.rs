@@ -8,7 +8,7 @@
 //! - `store`: per-workspace write-ahead log, memtable, Delta Lake tables.
 //! - [`identity`]: OneID, persons as connected components under rules.
 //! - [`index`]: roaring bitmaps over person ordinals, bit-sliced numbers.
-//! - `query`: SQL over a workspace's tables through DataFusion.
+//! - [`analytics`]: SQL over workspaces (Flight SQL's backend), funnels, retention.
 //!
 //! ```no_run
 //! # async fn run() -> quiver_engine::Result<()> {
@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod analytics;
 mod config;
 mod error;
 pub mod event;

@@ -102,6 +102,22 @@ impl PersonMap {
             .filter(|o| self.live.contains(*o))
     }
 
+    /// The person an event with identifiers `ids` (kind, normalised value)
+    /// belongs to: the live owner of its strongest value (by the kind's
+    /// priority; the first of equals).
+    pub fn owner_of<'a>(&self, ids: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<u32> {
+        let mut best: Option<(u8, u32)> = None;
+        for (kind, value) in ids {
+            if let Some(&(o, p)) = self.owner.get(&key128(kind, value))
+                && self.live.contains(o)
+                && best.is_none_or(|(bp, _)| p > bp)
+            {
+                best = Some((p, o));
+            }
+        }
+        best.map(|(_, o)| o)
+    }
+
     /// One past the highest ordinal.
     pub fn ordinal_space(&self) -> usize {
         self.person_ids.len()
@@ -436,22 +452,10 @@ fn add_batch(
 
     for row in 0..batch.num_rows() {
         s.read += 1;
-        // The person: the live owner of the event's strongest value.
-        let mut best: Option<(u8, u32)> = None;
-        for j in offsets[row] as usize..offsets[row + 1] as usize {
-            if id_struct.is_null(j) {
-                continue;
-            }
-            if let Some(&(o, p)) = persons
-                .owner
-                .get(&key128(id_kinds.value(j), id_values.value(j)))
-                && persons.live.contains(o)
-                && best.is_none_or(|(bp, _)| p > bp)
-            {
-                best = Some((p, o));
-            }
-        }
-        let Some((_, o)) = best else {
+        let idents = (offsets[row] as usize..offsets[row + 1] as usize)
+            .filter(|&j| !id_struct.is_null(j))
+            .map(|j| (id_kinds.value(j), id_values.value(j)));
+        let Some(o) = persons.owner_of(idents) else {
             s.unattributed += 1;
             continue;
         };

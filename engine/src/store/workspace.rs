@@ -59,6 +59,8 @@ pub struct OptimizeReport {
 
 /// One merchant's isolated data.
 pub struct Workspace {
+    /// Itself, for the SQL tables and functions that outlive a borrow.
+    me: std::sync::Weak<Workspace>,
     name: String,
     dir: PathBuf,
     created_at: i64,
@@ -77,6 +79,7 @@ pub struct Workspace {
     identity_lock: tokio::sync::Mutex<()>,
     tags: crate::tag::TagState,
     segments: crate::segment::SegmentState,
+    analytics: crate::analytics::AnalyticsState,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -156,7 +159,8 @@ impl Workspace {
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::io(&wal_dir, e))?;
         tracing::info!(ws = %name, replayed_rows = replayed, dedup_keys = dedup.len(), elapsed_ms = started.elapsed().as_millis() as u64, "workspace open");
-        let ws = Arc::new(Workspace {
+        let ws = Arc::new_cyclic(|me| Workspace {
+            me: me.clone(),
             name: name.to_string(),
             dir: dir.to_path_buf(),
             created_at,
@@ -174,6 +178,7 @@ impl Workspace {
             identity_lock: tokio::sync::Mutex::new(()),
             tags: crate::tag::TagState::new(tags_cfg.clone()),
             segments: crate::segment::SegmentState::default(),
+            analytics: crate::analytics::AnalyticsState::default(),
         });
         spawn_background(Arc::downgrade(&ws));
         if tags_every > 0 {
@@ -456,6 +461,17 @@ impl Workspace {
 
     pub(crate) fn segment_state(&self) -> &crate::segment::SegmentState {
         &self.segments
+    }
+
+    pub(crate) fn analytics_state(&self) -> &crate::analytics::AnalyticsState {
+        &self.analytics
+    }
+
+    /// This workspace as an `Arc` (it always lives in one).
+    pub(crate) fn arc(&self) -> Result<Arc<Workspace>> {
+        self.me
+            .upgrade()
+            .ok_or_else(|| Error::Internal(format!("workspace `{}` is closing", self.name)))
     }
 
     /// A consistent view for queries: the committed table and the rows above it.

@@ -15,7 +15,7 @@
 mod build;
 mod def;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -34,7 +34,7 @@ async fn workspace_with(dir: &std::path::Path, refresh_after_resolve: bool) -> A
     engine.create_workspace("shop").await.unwrap()
 }
 
-async fn rows(ws: &Workspace, sql: &str) -> Vec<Vec<Option<String>>> {
+pub(crate) async fn rows(ws: &Workspace, sql: &str) -> Vec<Vec<Option<String>>> {
     let mut stream = ws.sql(sql).await.unwrap();
     let mut out = Vec::new();
     while let Some(batch) = stream.next().await {
@@ -62,19 +62,19 @@ fn quiet(_: crate::identity::Progress) {}
 
 /// One event as the naive model sees it.
 #[derive(Debug, Clone)]
-struct Ev {
-    time: i64,
-    day: i32,
-    event_type: String,
-    channel: String,
-    category: Option<String>,
-    amount_cents: i64,
-    level: Option<String>,
+pub(crate) struct Ev {
+    pub time: i64,
+    pub day: i32,
+    pub event_type: String,
+    pub channel: String,
+    pub category: Option<String>,
+    pub amount_cents: i64,
+    pub level: Option<String>,
 }
 
 /// Every live person's events, attributed like the engine says it does: to
 /// the person holding the event's strongest identifier.
-async fn events_by_person(ws: &Workspace) -> (BTreeMap<u32, Vec<Ev>>, HashSet<u32>) {
+pub(crate) async fn events_by_person(ws: &Workspace) -> (BTreeMap<u32, Vec<Ev>>, HashSet<u32>) {
     let rules = IdentityRules::default();
     let owner: HashMap<(String, String), u32> =
         rows(ws, "SELECT kind, value, ordinal FROM identifiers")
