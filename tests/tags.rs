@@ -595,21 +595,24 @@ fn member_level_ties_go_to_the_larger_value() {
 
 /// Fails (never skips) when python3 cannot import pyroaring.
 pub(crate) fn require_pyroaring() {
-    const HOW: &str = "install it with `python3 -m pip install pyroaring` (.ci/run does)";
-    match Command::new("python3")
-        .args(["-c", "import pyroaring"])
-        .output()
-    {
+    require_python("import pyroaring", "pyroaring");
+}
+
+/// Fails (never skips) when python3 cannot run `import` (the PyPI
+/// `packages` provide it).
+pub(crate) fn require_python(import: &str, packages: &str) {
+    let how = format!("install it with `python3 -m pip install {packages}` (.ci/run does)");
+    match Command::new("python3").args(["-c", import]).output() {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(
-            "python3 cannot import pyroaring ({}): {HOW}",
+            "python3 cannot `{import}` ({}): {how}",
             String::from_utf8_lossy(&o.stderr)
                 .trim()
                 .lines()
                 .last()
                 .unwrap_or_default()
         ),
-        Err(e) => panic!("cannot run python3 ({e}): install python3, then {HOW}"),
+        Err(e) => panic!("cannot run python3 ({e}): install python3, then {how}"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! Delta/Parquet files on disk, clients talking gRPC and Arrow Flight.
 
 mod bad_input;
+mod bi;
 mod crash;
 mod identity;
 mod ingest;

@@ -36,7 +36,8 @@ pub struct Global {
     /// Workspace the command works on.
     #[arg(long, short = 'w', global = true, env = "QUIVER_WORKSPACE")]
     pub workspace: Option<String>,
-    /// Access token (accepted now; enforced when auth lands).
+    /// Access token: sent as `authorization: Bearer` on Arrow Flight calls
+    /// (`ingest --transport flight`), which `[auth]` in the server config guards.
     #[arg(long, global = true, env = "QUIVER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print JSON instead of tables.
@@ -425,6 +426,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 batch_rows: args.batch_rows,
                 transport: args.transport,
                 progress: !args.quiet && !g.json,
+                token: g.token.clone(),
             };
             let summary = client::ingest::ingest_files(channel, &ws, &args.files, &opts).await?;
             output::ingest_summary(&summary, g.json);
@@ -607,7 +609,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
     };
-    crate::service::serve(Arc::clone(&engine), listener, shutdown).await?;
+    crate::service::serve(Arc::clone(&engine), cfg.auth.clone(), listener, shutdown).await?;
     tracing::info!("shutting down: flushing memtables");
     engine.flush_all().await?;
     Ok(())

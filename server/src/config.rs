@@ -38,6 +38,43 @@ pub struct ServerConfig {
     pub normalize: NormalizeConfig,
     /// Tag refreshes and index versions.
     pub tags: TagsConfig,
+    /// Who may connect over Arrow Flight (SQL) and what each may see.
+    pub auth: AuthConfig,
+}
+
+/// Access to the Flight port. With no tokens and no users (the default, for
+/// a loopback server) every connection sees every workspace; otherwise each
+/// Flight / Flight SQL call must carry `authorization: Bearer <token>`, a
+/// configured token or one a basic-auth handshake returned.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `[[auth.tokens]] token = "…"  workspaces = ["shop"]` (`"*"`: all).
+    pub tokens: Vec<TokenGrant>,
+    /// `[[auth.users]] name = "bi"  password = "…"  workspaces = ["shop"]`.
+    pub users: Vec<UserGrant>,
+}
+
+/// A bearer token and the workspaces it opens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenGrant {
+    /// The token, sent as `authorization: Bearer <token>`.
+    pub token: String,
+    /// Workspace names, or `"*"` for every workspace.
+    pub workspaces: Vec<String>,
+}
+
+/// A user of the basic-auth handshake and the workspaces it opens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserGrant {
+    /// User name.
+    pub name: String,
+    /// Password.
+    pub password: String,
+    /// Workspace names, or `"*"` for every workspace.
+    pub workspaces: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +87,7 @@ impl Default for ServerConfig {
             store: StoreConfig::default(),
             normalize: NormalizeConfig::default(),
             tags: TagsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -76,6 +76,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::service::serve(
         Arc::clone(&engine),
+        cfg.auth.clone(),
         listener,
         async {
             let _ = stop_rx.await;
@@ -101,6 +102,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         batch_rows: 4096,
         transport: client::ingest::Transport::Grpc,
         progress: true,
+        token: None,
     };
     let s =
         client::ingest::ingest_files(channel.clone(), WORKSPACE, &generated.files, &opts).await?;

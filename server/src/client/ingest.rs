@@ -45,6 +45,8 @@ pub struct Options {
     pub batch_rows: usize,
     pub transport: Transport,
     pub progress: bool,
+    /// Bearer token for Arrow Flight.
+    pub token: Option<String>,
 }
 
 /// One rejected row, located in its file.
@@ -330,7 +332,9 @@ pub async fn ingest_files(
     spawn_reader(files.clone(), mapping, opts.batch_rows.max(1), tx);
     let mut summary = match opts.transport {
         Transport::Grpc => via_grpc(channel, workspace, rx, &names, &bar).await?,
-        Transport::Flight => via_flight(channel, workspace, rx, &names, &bar).await?,
+        Transport::Flight => {
+            via_flight(channel, workspace, opts.token.as_deref(), rx, &names, &bar).await?
+        }
     };
     bar.finish_and_clear();
     summary.files = files.len();
@@ -420,11 +424,17 @@ fn finish_errors(summary: &mut Summary, errors: &Mutex<Vec<String>>) {
 async fn via_flight(
     channel: Channel,
     workspace: &str,
+    token: Option<&str>,
     mut rx: mpsc::Receiver<Item>,
     names: &[String],
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Summary> {
     let mut client = FlightClient::new(channel);
+    if let Some(t) = token {
+        client
+            .add_header("authorization", &format!("Bearer {t}"))
+            .map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    }
     let locs: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));

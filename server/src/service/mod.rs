@@ -1,6 +1,7 @@
 //! The gRPC port: Quiver's services, Arrow Flight, grpc.health.v1 and
 //! reflection, all on one listener. A thin adapter over the engine.
 
+pub mod auth;
 pub mod convert;
 pub mod flight;
 pub mod identity;
@@ -29,6 +30,7 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Serves every service on `listener` until `shutdown` resolves.
 pub async fn serve(
     engine: Arc<Engine>,
+    auth: crate::config::AuthConfig,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -80,6 +82,7 @@ pub async fn serve(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let flight = FlightServiceServer::new(flight::Flight {
         engine: engine.clone(),
+        auth: Arc::new(auth::Auth::new(&auth)),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
