@@ -18,11 +18,27 @@
 //! `segment('<expression>' [, '<workspace>'])` (`person_id, ordinal` of the
 //! members) and the filter `in_segment(person_id | ordinal, '<expression>')`.
 //! Sessions are read-only: DDL, DML and statements are refused.
+//!
+//! Funnels, retention and channel attribution ([`Workspace::funnel`],
+//! [`Workspace::retention`], [`Workspace::attribution`]) run over per-person
+//! timelines: the events the last OneID run resolved, attributed like
+//! profiles and tags, laid out per person in time order, built once per run
+//! and kept in memory.
+//!
+//! [`Workspace::funnel`]: crate::Workspace::funnel
+//! [`Workspace::retention`]: crate::Workspace::retention
+//! [`Workspace::attribution`]: crate::Workspace::attribution
 
 mod functions;
+mod reports;
 mod session;
 #[cfg(test)]
 mod tests;
+mod timeline;
 
+pub use reports::{
+    Attribution, AttributionRequest, ChannelCredit, Cohort, Funnel, FunnelRequest, FunnelStep,
+    NO_TOUCH, Period, Retention, RetentionRequest,
+};
 pub(crate) use session::AnalyticsState;
 pub use session::{CATALOG, SqlSession, TableInfo};

@@ -47,6 +47,8 @@ pub struct TableInfo {
 pub(crate) struct AnalyticsState {
     /// Who owns each identifier, with the OneID run it was read after.
     persons: tokio::sync::Mutex<Option<(u64, Arc<PersonMap>)>>,
+    /// Per-person timelines of the last run's events.
+    pub(super) timeline: tokio::sync::Mutex<Option<Arc<super::timeline::Timeline>>>,
 }
 
 impl Workspace {

@@ -296,3 +296,225 @@ async fn shop_events_only(engine: &Engine) -> Arc<Workspace> {
     assert_eq!(r[0][0].as_deref(), Some("0"));
     ws
 }
+
+/// One person's events in the engine's order.
+fn ordered(mut evs: Vec<crate::tag::tests::Ev>) -> Vec<crate::tag::tests::Ev> {
+    evs.sort_by(|a, b| {
+        (
+            a.time,
+            &a.event_type,
+            &a.channel,
+            &a.category,
+            a.amount_cents,
+        )
+            .cmp(&(
+                b.time,
+                &b.event_type,
+                &b.channel,
+                &b.category,
+                b.amount_cents,
+            ))
+    });
+    evs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn funnels_retention_and_attribution_equal_naive_models() {
+    use super::{AttributionRequest, FunnelRequest, NO_TOUCH, Period, RetentionRequest};
+    const DAY: i64 = 86_400_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path()).await;
+    let ws = shop(&engine, "shop", 400).await;
+    let (naive, _) = events_by_person(&ws).await;
+    let people: Vec<Vec<crate::tag::tests::Ev>> = naive.into_values().map(ordered).collect();
+
+    // Funnel: for each step-1 event, the earliest later match of each next
+    // step within the window; a person's level is the best over starts.
+    let steps = [
+        "ad_click",
+        "add_to_cart",
+        "did(purchase WHERE channel = 'miniprogram')",
+    ];
+    let is = |e: &crate::tag::tests::Ev, k: usize| match k {
+        0 => e.event_type == "ad_click",
+        1 => e.event_type == "add_to_cart",
+        _ => e.event_type == "purchase" && e.channel == "miniprogram",
+    };
+    let window = 7 * DAY;
+    let mut want = [0u64; 3];
+    for evs in &people {
+        let mut best = 0;
+        for (i, e) in evs.iter().enumerate() {
+            if !is(e, 0) {
+                continue;
+            }
+            let (mut level, mut at) = (1, i);
+            for k in 1..3 {
+                match (at + 1..evs.len())
+                    .find(|&j| is(&evs[j], k) && evs[j].time - e.time <= window)
+                {
+                    Some(j) => {
+                        level = k + 1;
+                        at = j;
+                    }
+                    None => break,
+                }
+            }
+            best = best.max(level);
+        }
+        for c in want.iter_mut().take(best) {
+            *c += 1;
+        }
+    }
+    let f = ws
+        .funnel(&FunnelRequest {
+            steps: steps.iter().map(|s| s.to_string()).collect(),
+            window,
+            breakdown: Some("member_level".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got: Vec<u64> = f.steps.iter().map(|s| s.persons).collect();
+    assert_eq!(got, want.to_vec());
+    assert!(want[2] > 0, "the data should convert someone: {want:?}");
+    assert!(f.steps[1].median_seconds_from_previous.unwrap() >= 0.0);
+    // The breakdown partitions each step's persons.
+    for k in 0..3 {
+        let sum: u64 = f.breakdown.values().map(|v| v[k]).sum();
+        assert_eq!(sum, want[k], "step {k}: {:?}", f.breakdown);
+    }
+    let by_channel = ws
+        .funnel(&FunnelRequest {
+            steps: steps.iter().map(|s| s.to_string()).collect(),
+            window,
+            breakdown: Some("channel".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_channel.breakdown.values().map(|v| v[0]).sum::<u64>(),
+        want[0]
+    );
+
+    // Retention: weekly cohorts of the first event, 4 periods.
+    let from = 20_454 * DAY; // 2026-01-01
+    let to = from + 8 * 7 * DAY;
+    let r = ws
+        .retention(&RetentionRequest {
+            cohort_event: None,
+            return_event: Some("purchase".into()),
+            period: Period::Week,
+            periods: 4,
+            from,
+            to,
+        })
+        .await
+        .unwrap();
+    let mut want: BTreeMap<i64, (u64, Vec<u64>)> = BTreeMap::new();
+    for evs in &people {
+        let t0 = evs[0].time;
+        if t0 < from || t0 >= to {
+            continue;
+        }
+        let c0 = Period::Week.start(t0);
+        let row = want.entry(c0).or_insert((0, vec![0; 4]));
+        row.0 += 1;
+        for k in 0..4 {
+            let (a, b) = (c0 + k as i64 * 7 * DAY, c0 + (k as i64 + 1) * 7 * DAY);
+            if evs
+                .iter()
+                .any(|e| e.event_type == "purchase" && e.time >= a && e.time < b)
+            {
+                row.1[k] += 1;
+            }
+        }
+    }
+    let got: BTreeMap<i64, (u64, Vec<u64>)> = r
+        .cohorts
+        .iter()
+        .filter(|c| c.persons > 0)
+        .map(|c| (c.start, (c.persons, c.retained.clone())))
+        .collect();
+    assert_eq!(got, want);
+    assert!(!want.is_empty());
+    // Cohort starts are Mondays.
+    assert!(
+        r.cohorts
+            .iter()
+            .all(|c| (c.start / DAY + 3).rem_euclid(7) == 0)
+    );
+
+    // Attribution: touches in the 30 days before each purchase.
+    let a = ws
+        .attribution(&AttributionRequest::default())
+        .await
+        .unwrap();
+    let mut want: BTreeMap<String, [f64; 3]> = BTreeMap::new();
+    let mut conversions = 0;
+    for evs in &people {
+        for (i, e) in evs.iter().enumerate() {
+            if e.event_type != "purchase" {
+                continue;
+            }
+            conversions += 1;
+            let touches: Vec<&str> = evs[..i]
+                .iter()
+                .filter(|x| x.event_type != "purchase" && x.time >= e.time - 30 * DAY)
+                .map(|x| x.channel.as_str())
+                .collect();
+            if touches.is_empty() {
+                let c = want.entry(NO_TOUCH.into()).or_default();
+                c.iter_mut().for_each(|v| *v += 1.0);
+                continue;
+            }
+            want.entry(touches[0].into()).or_default()[0] += 1.0;
+            want.entry(touches[touches.len() - 1].into()).or_default()[1] += 1.0;
+            for t in &touches {
+                want.entry(t.to_string()).or_default()[2] += 1.0 / touches.len() as f64;
+            }
+        }
+    }
+    assert_eq!(a.conversions, conversions);
+    let got: BTreeMap<String, [f64; 3]> = a
+        .channels
+        .iter()
+        .map(|c| (c.channel.clone(), [c.first_touch, c.last_touch, c.linear]))
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in &want {
+        for i in 0..3 {
+            assert!(
+                (got[k][i] - w[i]).abs() < 1e-6,
+                "{k}: {:?} vs {w:?}",
+                got[k]
+            );
+        }
+    }
+
+    // Bad steps name what is wrong.
+    let e = ws
+        .funnel(&FunnelRequest {
+            steps: vec!["ad_click".into(), "purchse".into()],
+            window,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("purchse") && e.contains("purchase"), "{e}");
+    let e = ws
+        .funnel(&FunnelRequest {
+            steps: vec!["ad_click".into(), "did(purchase WHERE sku = 'x')".into()],
+            window,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sku"), "{e}");
+}
