@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "identity.proto",
         "tag.proto",
         "segment.proto",
+        "analytics.proto",
     ]
     .map(|p| root.join("quiver/v1").join(p));
     tonic_prost_build::configure()

@@ -184,3 +184,107 @@ async fn adbc_browses_and_queries_like_quiver_sql() {
         quiver_rows(&shop, "SELECT count(*) AS n FROM events", &["n"])
     );
 }
+
+/// The funnel `ad_click → add_to_cart → purchase` within 7 days, in SQL:
+/// per first-step event the earliest second step, then any third step,
+/// inside the window (bench/ runs the same shape in DuckDB).
+const FUNNEL_SQL: &str = "WITH e AS (SELECT person_id AS p, event_type AS t, event_time AS ts FROM events WHERE person_id IS NOT NULL), \
+s1 AS (SELECT p, ts AS t1 FROM e WHERE t = 'ad_click'), \
+s2 AS (SELECT s1.p, s1.t1, min(e.ts) AS t2 FROM s1 JOIN e ON e.p = s1.p AND e.t = 'add_to_cart' AND e.ts >= s1.t1 AND e.ts <= s1.t1 + INTERVAL '7 days' GROUP BY s1.p, s1.t1), \
+s3 AS (SELECT DISTINCT s2.p FROM s2 JOIN e ON e.p = s2.p AND e.t = 'purchase' AND e.ts >= s2.t2 AND e.ts <= s2.t1 + INTERVAL '7 days') \
+SELECT (SELECT count(DISTINCT p) FROM s1) AS a, (SELECT count(DISTINCT p) FROM s2) AS b, (SELECT count(*) FROM s3) AS c";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn funnels_retention_and_attribution_over_the_cli_match_sql() {
+    let shop = Shop::start(200, &[], true);
+    let f = shop.json(&[
+        "funnel",
+        "ad_click",
+        "add_to_cart",
+        "purchase",
+        "--window-days",
+        "7",
+        "--by",
+        "channel",
+    ]);
+    let sql = &shop.sql(FUNNEL_SQL)[0];
+    let got: Vec<&Value> = f["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["persons"])
+        .collect();
+    assert_eq!(got, vec![&sql["a"], &sql["b"], &sql["c"]], "{f}");
+    assert!(sql["c"].as_u64().unwrap() > 0, "{sql}");
+    let by_channel: u64 = f["breakdown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["persons"][0].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_channel, sql["a"].as_u64().unwrap());
+
+    // Retention: cohort sizes are the persons whose first event is in each
+    // week, over the first 8 weeks of data.
+    let first = shop.sql("SELECT CAST(min(event_time) AS DATE) AS d FROM events")[0]["d"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let from = chrono::NaiveDate::parse_from_str(&first, "%Y-%m-%d").unwrap();
+    let to = from + chrono::Duration::days(56);
+    let (from, to) = (from.to_string(), to.to_string());
+    let r = shop.json(&["retention", "--from", &from, "--to", &to, "--periods", "4"]);
+    let sizes = shop.sql(&format!(
+        "SELECT CAST(date_trunc('week', t0) AS DATE) AS c, count(*) AS n FROM \
+         (SELECT person_id, min(event_time) AS t0 FROM events WHERE person_id IS NOT NULL GROUP BY person_id) \
+         WHERE t0 >= '{from}T00:00:00Z' AND t0 < '{to}T00:00:00Z' GROUP BY 1 ORDER BY 1"
+    ));
+    let got: Vec<(String, u64)> = r["cohorts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["persons"].as_u64().unwrap() > 0)
+        .map(|c| {
+            // Period 0 always holds the cohort event itself.
+            assert_eq!(c["retained"][0], c["persons"], "{c}");
+            (
+                c["start"].as_str().unwrap().to_string(),
+                c["persons"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = sizes
+        .iter()
+        .map(|row| {
+            (
+                row["c"].as_str().unwrap().to_string(),
+                row["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(!want.is_empty());
+
+    // Attribution: every purchase of a person is credited once per model.
+    let a = shop.json(&["attribution", "--lookback-days", "30"]);
+    let purchases = &shop.sql(
+        "SELECT count(*) AS n FROM events WHERE event_type = 'purchase' AND person_id IS NOT NULL",
+    )[0]["n"];
+    assert_eq!(&a["conversions"], purchases, "{a}");
+    for model in ["first_touch", "last_touch", "linear"] {
+        let total: f64 = a["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c[model].as_f64().unwrap())
+            .sum();
+        assert!(
+            (total - purchases.as_f64().unwrap()).abs() < 1e-6,
+            "{model}: {total}"
+        );
+    }
+
+    // A typo is an error naming it, and the CLI exits non-zero.
+    let err = shop.fails(&["funnel", "ad_click", "purchse"]);
+    assert!(err.contains("purchse") && err.contains("purchase"), "{err}");
+}

@@ -97,6 +97,54 @@ pub enum Command {
         #[command(subcommand)]
         action: WorkspaceAction,
     },
+    /// An ordered funnel on persons: who did step 1, then step 2, ... each
+    /// within the window of step 1.
+    Funnel {
+        /// Two or more steps: `ad_click` or "did(purchase WHERE channel = 'pos')".
+        #[arg(required = true, num_args = 2..)]
+        steps: Vec<String>,
+        /// Conversion window from the first step, days.
+        #[arg(long, default_value_t = 7)]
+        window_days: u32,
+        /// `channel` (of the first step), or an enumerated tag, trait or
+        /// attribute, or a boolean tag.
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        span: Span,
+    },
+    /// Retention by cohort: of the persons whose first event fell in a
+    /// period, how many came back in each later period.
+    Retention {
+        /// The event that puts a person in a cohort [default: any event].
+        #[arg(long)]
+        cohort_event: Option<String>,
+        /// The event that counts as coming back [default: any event].
+        #[arg(long)]
+        return_event: Option<String>,
+        /// `week` (ISO, Monday to Sunday, UTC) or `day`.
+        #[arg(long, default_value = "week")]
+        period: PeriodArg,
+        /// Periods per cohort, its own being period 0.
+        #[arg(long, default_value_t = 12)]
+        periods: u32,
+        #[command(flatten)]
+        span: Span,
+    },
+    /// Channel attribution of conversions: first touch, last touch, linear.
+    Attribution {
+        /// The conversion event.
+        #[arg(long, default_value = "purchase")]
+        conversion: String,
+        /// The touch events [default: every event that is not a conversion].
+        #[arg(long)]
+        touch: Option<String>,
+        /// How far back a touch counts, days.
+        #[arg(long, default_value_t = 30)]
+        lookback_days: u32,
+        #[command(flatten)]
+        span: Span,
+    },
     /// Count the persons a segment expression selects (bitmaps, no event scan).
     Count {
         /// The expression, e.g. "member_level = 'vip' AND skincare_lover".
@@ -145,6 +193,27 @@ pub enum Command {
         #[command(subcommand)]
         action: SegmentsAction,
     },
+}
+
+/// The time span of an analytics question (UTC days, `--to` exclusive).
+#[derive(Debug, Clone, Args)]
+pub struct Span {
+    /// From the start of this day [funnel, attribution: any; retention:
+    /// `--periods` periods before `--to`].
+    #[arg(long)]
+    pub from: Option<chrono::NaiveDate>,
+    /// Until the start of this day [default: unbounded; retention: now].
+    #[arg(long)]
+    pub to: Option<chrono::NaiveDate>,
+}
+
+/// `quiver retention --period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeriodArg {
+    /// ISO weeks.
+    Week,
+    /// UTC days.
+    Day,
 }
 
 /// When a segment question is answered.
@@ -494,6 +563,60 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs("warn", false);
             let channel = client::connect(&g.server).await?;
             client::workspace(channel, action, g.workspace.as_deref(), g.json).await
+        }
+        Command::Funnel {
+            steps,
+            window_days,
+            by,
+            span,
+        } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            client::analytics::funnel(channel, &ws, steps, window_days, by, &span, g.json).await
+        }
+        Command::Retention {
+            cohort_event,
+            return_event,
+            period,
+            periods,
+            span,
+        } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            let req = quiver_proto::v1::RetentionRequest {
+                workspace: ws,
+                cohort_event: cohort_event.unwrap_or_default(),
+                return_event: return_event.unwrap_or_default(),
+                period: match period {
+                    PeriodArg::Week => quiver_proto::v1::RetentionPeriod::Week,
+                    PeriodArg::Day => quiver_proto::v1::RetentionPeriod::Day,
+                } as i32,
+                periods,
+                from_unix_ms: span.from.map_or(0, client::analytics::start_of),
+                to_unix_ms: span.to.map_or(0, client::analytics::start_of),
+            };
+            client::analytics::retention(channel, req, g.json).await
+        }
+        Command::Attribution {
+            conversion,
+            touch,
+            lookback_days,
+            span,
+        } => {
+            init_logs("warn", false);
+            let ws = workspace(&g)?;
+            let channel = client::connect(&g.server).await?;
+            let req = quiver_proto::v1::AttributionRequest {
+                workspace: ws,
+                conversion,
+                touch: touch.unwrap_or_default(),
+                lookback_days,
+                from_unix_ms: span.from.map_or(0, client::analytics::start_of),
+                to_unix_ms: span.to.map_or(0, client::analytics::start_of),
+            };
+            client::analytics::attribution(channel, req, g.json).await
         }
         Command::Count { expr, when } => {
             init_logs("warn", false);

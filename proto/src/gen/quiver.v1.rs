@@ -4855,3 +4855,647 @@ pub mod segment_service_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// How an answer was computed.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AnalyticsMeta {
+    /// The OneID run whose persons the events were attributed to.
+    #[prost(uint64, tag = "1")]
+    pub identity_run: u64,
+    /// The `events` Delta version covered.
+    #[prost(uint64, tag = "2")]
+    pub events_version: u64,
+    /// Server-side time, microseconds (timelines loaded).
+    #[prost(uint64, tag = "3")]
+    pub micros: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FunnelRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    /// Two to 16 steps in order: an event type (`ad_click`) or
+    /// `did(TYPE WHERE channel = '...' AND category = '...')`.
+    #[prost(string, repeated, tag = "2")]
+    pub steps: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Every later step within this many seconds of the first (default 7 days).
+    #[prost(int64, tag = "3")]
+    pub window_seconds: i64,
+    /// First steps at or after this time, ms since the epoch (0: any).
+    #[prost(int64, tag = "4")]
+    pub from_unix_ms: i64,
+    /// First steps before this time, ms since the epoch (0: any).
+    #[prost(int64, tag = "5")]
+    pub to_unix_ms: i64,
+    /// Empty, `channel` (of the first step), or an enumerated tag, trait or
+    /// attribute, or a boolean tag.
+    #[prost(string, tag = "6")]
+    pub breakdown: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FunnelStep {
+    #[prost(string, tag = "1")]
+    pub step: ::prost::alloc::string::String,
+    /// Persons who reached it.
+    #[prost(uint64, tag = "2")]
+    pub persons: u64,
+    /// Share of the previous step's persons (1 for the first).
+    #[prost(double, tag = "3")]
+    pub from_previous: f64,
+    /// Share of the first step's persons.
+    #[prost(double, tag = "4")]
+    pub from_first: f64,
+    /// Median seconds from the previous step; absent for the first step or
+    /// when nobody reached it.
+    #[prost(double, optional, tag = "5")]
+    pub median_seconds_from_previous: ::core::option::Option<f64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FunnelGroup {
+    #[prost(string, tag = "1")]
+    pub value: ::prost::alloc::string::String,
+    /// Persons reaching each step.
+    #[prost(uint64, repeated, tag = "2")]
+    pub persons: ::prost::alloc::vec::Vec<u64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FunnelResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub steps: ::prost::alloc::vec::Vec<FunnelStep>,
+    #[prost(message, repeated, tag = "2")]
+    pub breakdown: ::prost::alloc::vec::Vec<FunnelGroup>,
+    #[prost(message, optional, tag = "3")]
+    pub meta: ::core::option::Option<AnalyticsMeta>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RetentionRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    /// The event whose first occurrence puts a person in a cohort (empty: any).
+    #[prost(string, tag = "2")]
+    pub cohort_event: ::prost::alloc::string::String,
+    /// The event that counts as coming back (empty: any).
+    #[prost(string, tag = "3")]
+    pub return_event: ::prost::alloc::string::String,
+    /// ISO weeks (Monday to Sunday, UTC) or UTC days.
+    #[prost(enumeration = "RetentionPeriod", tag = "4")]
+    pub period: i32,
+    /// Periods per cohort, the cohort's own being period 0 (default 12).
+    #[prost(uint32, tag = "5")]
+    pub periods: u32,
+    /// Cohorts whose first event is in [from, to), ms since the epoch.
+    /// 0: the `periods` periods before `to`; `to` 0: now.
+    #[prost(int64, tag = "6")]
+    pub from_unix_ms: i64,
+    #[prost(int64, tag = "7")]
+    pub to_unix_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Cohort {
+    /// The cohort period's start, ms since the epoch.
+    #[prost(int64, tag = "1")]
+    pub start_unix_ms: i64,
+    #[prost(uint64, tag = "2")]
+    pub persons: u64,
+    /// Per period (0 = the cohort's own): persons with a return event in it.
+    #[prost(uint64, repeated, tag = "3")]
+    pub retained: ::prost::alloc::vec::Vec<u64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RetentionResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub cohorts: ::prost::alloc::vec::Vec<Cohort>,
+    #[prost(message, optional, tag = "2")]
+    pub meta: ::core::option::Option<AnalyticsMeta>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AttributionRequest {
+    #[prost(string, tag = "1")]
+    pub workspace: ::prost::alloc::string::String,
+    /// The conversion event (empty: `purchase`).
+    #[prost(string, tag = "2")]
+    pub conversion: ::prost::alloc::string::String,
+    /// The touch events (empty: every event that is not a conversion).
+    #[prost(string, tag = "3")]
+    pub touch: ::prost::alloc::string::String,
+    /// How far back a touch counts, days (default 30).
+    #[prost(uint32, tag = "4")]
+    pub lookback_days: u32,
+    /// Conversions in [from, to), ms since the epoch (0: unbounded).
+    #[prost(int64, tag = "5")]
+    pub from_unix_ms: i64,
+    #[prost(int64, tag = "6")]
+    pub to_unix_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ChannelCredit {
+    /// `(no touch)`: conversions without a touch in the lookback.
+    #[prost(string, tag = "1")]
+    pub channel: ::prost::alloc::string::String,
+    #[prost(double, tag = "2")]
+    pub first_touch: f64,
+    #[prost(double, tag = "3")]
+    pub last_touch: f64,
+    #[prost(double, tag = "4")]
+    pub linear: f64,
+    #[prost(double, tag = "5")]
+    pub first_touch_revenue: f64,
+    #[prost(double, tag = "6")]
+    pub last_touch_revenue: f64,
+    #[prost(double, tag = "7")]
+    pub linear_revenue: f64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AttributionResponse {
+    #[prost(uint64, tag = "1")]
+    pub conversions: u64,
+    /// Most linear credit first.
+    #[prost(message, repeated, tag = "2")]
+    pub channels: ::prost::alloc::vec::Vec<ChannelCredit>,
+    #[prost(message, optional, tag = "3")]
+    pub meta: ::core::option::Option<AnalyticsMeta>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RetentionPeriod {
+    Week = 0,
+    Day = 1,
+}
+impl RetentionPeriod {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Week => "RETENTION_PERIOD_WEEK",
+            Self::Day => "RETENTION_PERIOD_DAY",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RETENTION_PERIOD_WEEK" => Some(Self::Week),
+            "RETENTION_PERIOD_DAY" => Some(Self::Day),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod analytics_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Person-level analytics: ordered funnels, cohort retention and channel
+    /// attribution, exact and on persons (OneID): each event counts for the live
+    /// person owning its strongest identifier, over the events the last resolve
+    /// covered. SQL over the same tables is on the same port as Arrow Flight SQL.
+    #[derive(Debug, Clone)]
+    pub struct AnalyticsServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> AnalyticsServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> AnalyticsServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            AnalyticsServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// An ordered funnel with a conversion window.
+        pub async fn funnel(
+            &mut self,
+            request: impl tonic::IntoRequest<super::FunnelRequest>,
+        ) -> std::result::Result<tonic::Response<super::FunnelResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.AnalyticsService/Funnel",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.AnalyticsService", "Funnel"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A retention matrix by cohort.
+        pub async fn retention(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RetentionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RetentionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.AnalyticsService/Retention",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.AnalyticsService", "Retention"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Channel attribution of conversions: first touch, last touch, linear.
+        pub async fn attribution(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AttributionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AttributionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.v1.AnalyticsService/Attribution",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("quiver.v1.AnalyticsService", "Attribution"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod analytics_service_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with AnalyticsServiceServer.
+    #[async_trait]
+    pub trait AnalyticsService: std::marker::Send + std::marker::Sync + 'static {
+        /// An ordered funnel with a conversion window.
+        async fn funnel(
+            &self,
+            request: tonic::Request<super::FunnelRequest>,
+        ) -> std::result::Result<tonic::Response<super::FunnelResponse>, tonic::Status>;
+        /// A retention matrix by cohort.
+        async fn retention(
+            &self,
+            request: tonic::Request<super::RetentionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RetentionResponse>,
+            tonic::Status,
+        >;
+        /// Channel attribution of conversions: first touch, last touch, linear.
+        async fn attribution(
+            &self,
+            request: tonic::Request<super::AttributionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AttributionResponse>,
+            tonic::Status,
+        >;
+    }
+    /// Person-level analytics: ordered funnels, cohort retention and channel
+    /// attribution, exact and on persons (OneID): each event counts for the live
+    /// person owning its strongest identifier, over the events the last resolve
+    /// covered. SQL over the same tables is on the same port as Arrow Flight SQL.
+    #[derive(Debug)]
+    pub struct AnalyticsServiceServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> AnalyticsServiceServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for AnalyticsServiceServer<T>
+    where
+        T: AnalyticsService,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/quiver.v1.AnalyticsService/Funnel" => {
+                    #[allow(non_camel_case_types)]
+                    struct FunnelSvc<T: AnalyticsService>(pub Arc<T>);
+                    impl<
+                        T: AnalyticsService,
+                    > tonic::server::UnaryService<super::FunnelRequest>
+                    for FunnelSvc<T> {
+                        type Response = super::FunnelResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::FunnelRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AnalyticsService>::funnel(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = FunnelSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.AnalyticsService/Retention" => {
+                    #[allow(non_camel_case_types)]
+                    struct RetentionSvc<T: AnalyticsService>(pub Arc<T>);
+                    impl<
+                        T: AnalyticsService,
+                    > tonic::server::UnaryService<super::RetentionRequest>
+                    for RetentionSvc<T> {
+                        type Response = super::RetentionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RetentionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AnalyticsService>::retention(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RetentionSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.v1.AnalyticsService/Attribution" => {
+                    #[allow(non_camel_case_types)]
+                    struct AttributionSvc<T: AnalyticsService>(pub Arc<T>);
+                    impl<
+                        T: AnalyticsService,
+                    > tonic::server::UnaryService<super::AttributionRequest>
+                    for AttributionSvc<T> {
+                        type Response = super::AttributionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AttributionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AnalyticsService>::attribution(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AttributionSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for AnalyticsServiceServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "quiver.v1.AnalyticsService";
+    impl<T> tonic::server::NamedService for AnalyticsServiceServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

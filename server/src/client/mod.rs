@@ -1,6 +1,7 @@
 //! Client side of the CLI: talks to a running server over gRPC like any
 //! other client would.
 
+pub mod analytics;
 pub mod identity;
 pub mod ingest;
 pub mod output;

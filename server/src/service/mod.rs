@@ -1,6 +1,7 @@
 //! The gRPC port: Quiver's services, Arrow Flight, grpc.health.v1 and
 //! reflection, all on one listener. A thin adapter over the engine.
 
+pub mod analytics;
 pub mod auth;
 pub mod convert;
 pub mod flight;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use quiver_engine::Engine;
+use quiver_proto::v1::analytics_service_server::AnalyticsServiceServer;
 use quiver_proto::v1::identity_service_server::IdentityServiceServer;
 use quiver_proto::v1::ingest_service_server::IngestServiceServer;
 use quiver_proto::v1::query_service_server::QueryServiceServer;
@@ -54,6 +56,9 @@ pub async fn serve(
     health
         .set_serving::<SegmentServiceServer<segment::Segments>>()
         .await;
+    health
+        .set_serving::<AnalyticsServiceServer<analytics::Analytics>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -80,6 +85,9 @@ pub async fn serve(
         engine: engine.clone(),
     })
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let analytics = AnalyticsServiceServer::new(analytics::Analytics {
+        engine: engine.clone(),
+    });
     let flight = FlightServiceServer::new(flight::Flight {
         engine: engine.clone(),
         auth: Arc::new(auth::Auth::new(&auth)),
@@ -102,6 +110,7 @@ pub async fn serve(
         .add_service(identity)
         .add_service(tags)
         .add_service(segments)
+        .add_service(analytics)
         // The builder's `tcp_nodelay` applies only to listeners it binds
         // itself: accepted sockets get it here. Without it, a response
         // written in two pieces (a breakdown's data, then its trailers)
