@@ -250,6 +250,12 @@ mod tests {
         let e = parse(PRODUCT_EXAMPLE).unwrap();
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<Expr>(&json).unwrap(), e);
+
+        // Found by the fuzz target: a float that JSON parsing without
+        // `float_roundtrip` reads back one ulp off.
+        let e = parse("d < 4444444444444444444444444440444444").unwrap();
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Expr>(&json).unwrap(), e);
     }
 
     fn name() -> impl Strategy<Value = String> {
