@@ -7,6 +7,7 @@
 //! cargo run --release -p quiver-bench -- identity --persons 1000000
 //! cargo run --release -p quiver-bench -- tags --persons 1000000
 //! cargo run --release -p quiver-bench -- segments --persons 10000000
+//! cargo run --release -p quiver-bench -- analytics --persons 1000000
 //! ```
 //!
 //! Peers run as Python scripts in `bench/peers/` (DuckDB, chDB from PyPI;
@@ -18,6 +19,7 @@ use mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+mod analytics;
 mod identity;
 mod ingest;
 mod segments;
@@ -46,6 +48,8 @@ enum Command {
     Tags(tags::Args),
     /// Audience questions Q1, Q2, Q2 by city: in-process and gRPC vs DuckDB, chDB, pyroaring.
     Segments(segments::Args),
+    /// Funnel and weekly retention: in-process and gRPC vs DuckDB SQL; Flight SQL SELECT throughput.
+    Analytics(analytics::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,5 +62,6 @@ fn main() -> anyhow::Result<()> {
         Command::Identity(args) => rt.block_on(identity::run(args)),
         Command::Tags(args) => rt.block_on(tags::run(args)),
         Command::Segments(args) => rt.block_on(segments::run(args)),
+        Command::Analytics(args) => rt.block_on(analytics::run(args)),
     }
 }

@@ -25,7 +25,7 @@ use anyhow::Context;
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::segment_service_client::SegmentServiceClient;
 
-use crate::util::{self, Server};
+use crate::util::{self, Server, Timing, timing};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -63,33 +63,6 @@ const LEAVES: [(&str, &str); 8] = [
     ("reg_mini", "registered_channel = 'miniprogram'"),
     ("reg_pos", "registered_channel = 'pos'"),
 ];
-
-/// Timings of one question on one system, in ms.
-#[derive(Debug, Clone, Default)]
-struct Timing {
-    p50: f64,
-    p99: f64,
-    runs: usize,
-}
-
-fn timing(mut ms: Vec<f64>) -> Timing {
-    ms.sort_by(f64::total_cmp);
-    let n = ms.len();
-    Timing {
-        p50: if n == 0 {
-            f64::NAN
-        } else if n % 2 == 1 {
-            ms[n / 2]
-        } else {
-            (ms[n / 2 - 1] + ms[n / 2]) / 2.0
-        },
-        p99: ms
-            .get(((n as f64 * 0.99) as usize).min(n.saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN),
-        runs: n,
-    }
-}
 
 /// A question's answer: a count, or counts per city.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +152,40 @@ fn setup(bin: &Path, gen_dir: &Path, data: &Path, now: &str) -> anyhow::Result<S
         resolved["persons"],
         r["index_bytes"].as_f64().unwrap_or(f64::NAN) / (1u64 << 20) as f64
     ))
+}
+
+/// A workspace ready for questions: generated, ingested, resolved, tagged.
+pub struct Prepared {
+    pub generated: util::Generated,
+    /// The `quiver serve --data` directory; workspace `shop`.
+    pub data: PathBuf,
+    /// How the setup went (or that it was reused).
+    pub setup_note: String,
+}
+
+/// The working set `<out>/segments-<persons>/`, shared by the segments and
+/// analytics benchmarks: set up once ([`setup`]) and reused until `fresh`.
+pub fn prepare(out: &Path, persons: u64, fresh: bool) -> anyhow::Result<Prepared> {
+    let generated = util::generated(out, "segments", persons)?;
+    let now = generated.end.format("%Y-%m-%d").to_string();
+    let data = generated.base.join("quiver-data");
+    let ready = generated.base.join("ready.txt");
+    let setup_note = if fresh || !ready.exists() {
+        let note = setup(&generated.bin, &generated.gen_dir, &data, &now)?;
+        std::fs::write(&ready, &note)?;
+        note
+    } else {
+        format!(
+            "reused: {}",
+            std::fs::read_to_string(&ready).unwrap_or_default()
+        )
+    };
+    println!("setup: {setup_note}");
+    Ok(Prepared {
+        generated,
+        data,
+        setup_note,
+    })
 }
 
 /// Q1, Q2 and Q2 by city over gRPC, `runs` times each after a warm-up.
@@ -334,27 +341,13 @@ async fn in_process(data: &Path, now_ms: i64, runs: usize) -> anyhow::Result<(Ve
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 20, "--runs must be at least 20");
-    let util::Generated {
-        bin,
-        base,
-        gen_dir,
-        end,
-    } = util::generated(&args.out, "segments", args.persons)?;
+    let Prepared {
+        generated: util::Generated { bin, base, end, .. },
+        data,
+        setup_note,
+    } = prepare(&args.out, args.persons, args.fresh)?;
     let now = end.format("%Y-%m-%d").to_string();
     let now_ms = end_of(end);
-    let data = base.join("quiver-data");
-    let ready = base.join("ready.txt");
-    let setup_note = if args.fresh || !ready.exists() {
-        let note = setup(&bin, &gen_dir, &data, &now)?;
-        std::fs::write(&ready, &note)?;
-        note
-    } else {
-        format!(
-            "reused: {}",
-            std::fs::read_to_string(&ready).unwrap_or_default()
-        )
-    };
-    println!("setup: {setup_note}");
 
     // Over gRPC, and the exports pyroaring works on.
     let bitmaps = base.join("bitmaps");

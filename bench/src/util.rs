@@ -263,3 +263,31 @@ pub fn generated(out: &Path, name: &str, persons: u64) -> anyhow::Result<Generat
         end,
     })
 }
+
+/// Timings of one question on one system, in ms.
+#[derive(Debug, Clone, Default)]
+pub struct Timing {
+    pub p50: f64,
+    pub p99: f64,
+    pub runs: usize,
+}
+
+/// p50, p99 and count of timings in ms.
+pub fn timing(mut ms: Vec<f64>) -> Timing {
+    ms.sort_by(f64::total_cmp);
+    let n = ms.len();
+    Timing {
+        p50: if n == 0 {
+            f64::NAN
+        } else if n % 2 == 1 {
+            ms[n / 2]
+        } else {
+            (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+        },
+        p99: ms
+            .get(((n as f64 * 0.99) as usize).min(n.saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN),
+        runs: n,
+    }
+}

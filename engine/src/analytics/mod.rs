@@ -42,3 +42,4 @@ pub use reports::{
 };
 pub(crate) use session::AnalyticsState;
 pub use session::{CATALOG, SqlSession, TableInfo};
+pub use timeline::TimelineStats;

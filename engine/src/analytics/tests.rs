@@ -327,6 +327,12 @@ async fn funnels_retention_and_attribution_equal_naive_models() {
     let ws = shop(&engine, "shop", 400).await;
     let (naive, _) = events_by_person(&ws).await;
     let people: Vec<Vec<crate::tag::tests::Ev>> = naive.into_values().map(ordered).collect();
+    let stats = ws.load_timelines().await.unwrap().unwrap();
+    assert_eq!(stats.persons as usize, people.len());
+    assert_eq!(
+        stats.events as usize,
+        people.iter().map(Vec::len).sum::<usize>()
+    );
 
     // Funnel: for each step-1 event, the earliest later match of each next
     // step within the window; a person's level is the best over starts.

@@ -94,6 +94,39 @@ impl Timeline {
     }
 }
 
+/// What [`Workspace::load_timelines`] holds in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TimelineStats {
+    /// The OneID run the events are attributed by.
+    pub identity_run: u64,
+    /// The `events` version covered.
+    pub events_version: u64,
+    /// Events laid out per person.
+    pub events: u64,
+    /// Persons with at least one event.
+    pub persons: u64,
+    /// Events no live person owns (left out).
+    pub unattributed: u64,
+    /// Bytes held.
+    pub bytes: u64,
+}
+
+impl Workspace {
+    /// Builds (or finds) the per-person timelines that funnels, retention
+    /// and attribution read, so the first question after a resolve does not
+    /// pay for them. `None` before the first OneID run.
+    pub async fn load_timelines(&self) -> Result<Option<TimelineStats>> {
+        Ok(self.timeline().await?.map(|t| TimelineStats {
+            identity_run: t.run,
+            events_version: t.events_version,
+            events: t.len() as u64,
+            persons: t.persons().count() as u64,
+            unattributed: t.unattributed,
+            bytes: t.bytes() as u64,
+        }))
+    }
+}
+
 impl Workspace {
     /// The timelines of the events the last OneID run resolved (built on
     /// first use after each run). `None` before the first run.
