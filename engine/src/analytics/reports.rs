@@ -145,6 +145,20 @@ pub struct Funnel {
     pub elapsed: Duration,
 }
 
+/// One thread's share of a funnel.
+struct FunnelPart {
+    reached: Vec<u64>,
+    per_group: Vec<Vec<u64>>,
+    gaps: Vec<Vec<i64>>,
+}
+
+/// `sum[i] += v[i]`.
+fn add(sum: &mut [u64], v: &[u64]) {
+    for (s, x) in sum.iter_mut().zip(v) {
+        *s += x;
+    }
+}
+
 fn median(v: &mut [i64]) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -244,70 +258,87 @@ impl Workspace {
             }
         };
         let (from, to) = (req.from.unwrap_or(i64::MIN), req.to.unwrap_or(i64::MAX));
+        let parts = t.par_chunks(|ordinals| {
+            let mut part = FunnelPart {
+                reached: vec![0; n],
+                per_group: vec![vec![0; n]; group_names.len() + 1],
+                gaps: vec![Vec::new(); n],
+            };
+            // Per level: the latest start reaching it, and that chain's
+            // event indexes.
+            let mut start: Vec<Option<i64>> = vec![None; n];
+            let mut chain: Vec<Vec<usize>> = vec![Vec::with_capacity(n); n];
+            for o in t.persons_in(ordinals) {
+                start.iter_mut().for_each(|s| *s = None);
+                let mut level = 0usize;
+                for i in t.range(o) {
+                    let time = t.times[i];
+                    // Highest step first: one event never serves two steps.
+                    for k in (0..n).rev() {
+                        if !steps[k].matches(&t, i) {
+                            continue;
+                        }
+                        if k == 0 {
+                            if time >= from && time < to {
+                                start[0] = Some(time);
+                                chain[0].clear();
+                                chain[0].push(i);
+                                level = level.max(1);
+                            }
+                        } else if let Some(s) = start[k - 1]
+                            && time - s <= req.window
+                            && start[k].is_none_or(|cur| s > cur)
+                        {
+                            start[k] = Some(s);
+                            let (lower, upper) = chain.split_at_mut(k);
+                            upper[0].clear();
+                            upper[0].extend_from_slice(&lower[k - 1]);
+                            upper[0].push(i);
+                            level = level.max(k + 1);
+                        }
+                    }
+                    if level == n {
+                        break;
+                    }
+                }
+                if level == 0 {
+                    continue;
+                }
+                let best = &chain[level - 1];
+                for k in 0..level {
+                    part.reached[k] += 1;
+                    if k > 0 {
+                        part.gaps[k].push(t.times[best[k]] - t.times[best[k - 1]]);
+                    }
+                }
+                if !group_names.is_empty() {
+                    let g = if by_channel {
+                        t.channels[best[0]]
+                    } else {
+                        groups[o as usize]
+                    };
+                    let row = if g == NONE {
+                        group_names.len()
+                    } else {
+                        g as usize
+                    };
+                    for c in part.per_group[row].iter_mut().take(level) {
+                        *c += 1;
+                    }
+                }
+            }
+            part
+        });
         let mut reached = vec![0u64; n];
         let mut per_group: Vec<Vec<u64>> = vec![vec![0; n]; group_names.len() + 1];
         let mut gaps: Vec<Vec<i64>> = vec![Vec::new(); n];
-        // Per level: the latest start reaching it, and that chain's event
-        // indexes.
-        let mut start: Vec<Option<i64>> = vec![None; n];
-        let mut chain: Vec<Vec<usize>> = vec![Vec::with_capacity(n); n];
-        for o in t.persons() {
-            start.iter_mut().for_each(|s| *s = None);
-            let mut level = 0usize;
-            for i in t.range(o) {
-                let time = t.times[i];
-                // Highest step first: one event never serves two steps.
-                for k in (0..n).rev() {
-                    if !steps[k].matches(&t, i) {
-                        continue;
-                    }
-                    if k == 0 {
-                        if time >= from && time < to {
-                            start[0] = Some(time);
-                            chain[0].clear();
-                            chain[0].push(i);
-                            level = level.max(1);
-                        }
-                    } else if let Some(s) = start[k - 1]
-                        && time - s <= req.window
-                        && start[k].is_none_or(|cur| s > cur)
-                    {
-                        start[k] = Some(s);
-                        let (lower, upper) = chain.split_at_mut(k);
-                        upper[0].clear();
-                        upper[0].extend_from_slice(&lower[k - 1]);
-                        upper[0].push(i);
-                        level = level.max(k + 1);
-                    }
-                }
-                if level == n {
-                    break;
-                }
+        for part in parts {
+            add(&mut reached, &part.reached);
+            for (sum, g) in per_group.iter_mut().zip(&part.per_group) {
+                add(sum, g);
             }
-            if level == 0 {
-                continue;
-            }
-            let best = &chain[level - 1];
-            for k in 0..level {
-                reached[k] += 1;
-                if k > 0 {
-                    gaps[k].push(t.times[best[k]] - t.times[best[k - 1]]);
-                }
-            }
-            if !group_names.is_empty() {
-                let g = if by_channel {
-                    t.channels[best[0]]
-                } else {
-                    groups[o as usize]
-                };
-                let row = if g == NONE {
-                    group_names.len()
-                } else {
-                    g as usize
-                };
-                for c in per_group[row].iter_mut().take(level) {
-                    *c += 1;
-                }
+            for (all, g) in gaps.iter_mut().zip(part.gaps) {
+                all.extend(g);
             }
         }
         let first = reached[0].max(1) as f64;
@@ -447,42 +478,53 @@ impl Workspace {
         let (len, periods) = (req.period.len(), req.periods as usize);
         let first_cohort = req.period.start(req.from);
         let cohorts = ((req.period.start(req.to - 1) - first_cohort) / len + 1) as usize;
-        let mut sizes = vec![0u64; cohorts];
-        let mut retained = vec![vec![0u64; periods]; cohorts];
-        let mut seen = vec![false; periods];
-        for o in t.persons() {
-            let r = t.range(o);
-            let Some(first) = r
-                .clone()
-                .find(|&i| cohort.as_ref().is_none_or(|m| m.matches(&t, i)))
-            else {
-                continue;
-            };
-            let t0 = t.times[first];
-            if t0 < req.from || t0 >= req.to {
-                continue;
-            }
-            let c0 = req.period.start(t0);
-            let c = ((c0 - first_cohort) / len) as usize;
-            sizes[c] += 1;
-            seen.iter_mut().for_each(|s| *s = false);
-            let end = c0 + len * periods as i64;
-            for i in r {
-                let time = t.times[i];
-                if time < c0 {
+        let parts = t.par_chunks(|ordinals| {
+            let mut sizes = vec![0u64; cohorts];
+            let mut retained = vec![vec![0u64; periods]; cohorts];
+            let mut seen = vec![false; periods];
+            for o in t.persons_in(ordinals) {
+                let r = t.range(o);
+                let Some(first) = r
+                    .clone()
+                    .find(|&i| cohort.as_ref().is_none_or(|m| m.matches(&t, i)))
+                else {
+                    continue;
+                };
+                let t0 = t.times[first];
+                if t0 < req.from || t0 >= req.to {
                     continue;
                 }
-                if time >= end {
-                    break;
+                let c0 = req.period.start(t0);
+                let c = ((c0 - first_cohort) / len) as usize;
+                sizes[c] += 1;
+                seen.iter_mut().for_each(|s| *s = false);
+                let end = c0 + len * periods as i64;
+                for i in r {
+                    let time = t.times[i];
+                    if time < c0 {
+                        continue;
+                    }
+                    if time >= end {
+                        break;
+                    }
+                    if ret.as_ref().is_none_or(|m| m.matches(&t, i)) {
+                        seen[((time - c0) / len) as usize] = true;
+                    }
                 }
-                if ret.as_ref().is_none_or(|m| m.matches(&t, i)) {
-                    seen[((time - c0) / len) as usize] = true;
+                for (k, s) in seen.iter().enumerate() {
+                    if *s {
+                        retained[c][k] += 1;
+                    }
                 }
             }
-            for (k, s) in seen.iter().enumerate() {
-                if *s {
-                    retained[c][k] += 1;
-                }
+            (sizes, retained)
+        });
+        let mut sizes = vec![0u64; cohorts];
+        let mut retained = vec![vec![0u64; periods]; cohorts];
+        for (s, r) in parts {
+            add(&mut sizes, &s);
+            for (sum, row) in retained.iter_mut().zip(&r) {
+                add(sum, row);
             }
         }
         Ok(Retention {

@@ -18,6 +18,13 @@ use crate::{Error, Result};
 /// No category.
 pub(crate) const NONE: u16 = u16::MAX;
 
+/// Below this many events per core a question runs on one thread (tests
+/// split anything, so the merge is what they check).
+#[cfg(not(test))]
+const MIN_EVENTS_PER_THREAD: usize = 1 << 16;
+#[cfg(test)]
+const MIN_EVENTS_PER_THREAD: usize = 1;
+
 /// A string ↔ dense `u16` id table.
 #[derive(Debug, Default)]
 pub(crate) struct Names {
@@ -80,7 +87,50 @@ impl Timeline {
 
     /// Ordinals with at least one event.
     pub fn persons(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.offsets.len().saturating_sub(1) as u32).filter(|&o| !self.range(o).is_empty())
+        self.persons_in(0..self.offsets.len().saturating_sub(1) as u32)
+    }
+
+    /// Ordinals in `ordinals` with at least one event.
+    pub fn persons_in(&self, ordinals: std::ops::Range<u32>) -> impl Iterator<Item = u32> + '_ {
+        ordinals.filter(|&o| !self.range(o).is_empty())
+    }
+
+    /// Runs `f` on contiguous ordinal ranges covering every person, one per
+    /// core, each with about as many events, and returns the results in
+    /// ordinal order (so merging them gives what one pass would).
+    pub fn par_chunks<S: Send>(&self, f: impl Fn(std::ops::Range<u32>) -> S + Sync) -> Vec<S> {
+        let space = self.offsets.len().saturating_sub(1) as u32;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunks = threads.min(self.len() / MIN_EVENTS_PER_THREAD).max(1);
+        if chunks == 1 {
+            return vec![f(0..space)];
+        }
+        let total = self.len() as u64;
+        let mut bounds = Vec::with_capacity(chunks + 1);
+        let mut prev = 0u32;
+        bounds.push(prev);
+        for c in 1..chunks {
+            let target = total * c as u64 / chunks as u64;
+            // The first ordinal starting at or after the target event.
+            let o = (self.offsets.partition_point(|&x| x < target) as u32).clamp(prev, space);
+            bounds.push(o);
+            prev = o;
+        }
+        bounds.push(space);
+        std::thread::scope(|scope| {
+            let f = &f;
+            let handles: Vec<_> = bounds
+                .windows(2)
+                .map(|w| {
+                    let r = w[0]..w[1];
+                    scope.spawn(move || f(r))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
     }
 
     /// Events in the timeline.
