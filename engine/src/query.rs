@@ -4,7 +4,7 @@
 use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{SessionConfig, SessionContext, cast, ident, lit};
+use datafusion::prelude::{SessionContext, cast, ident, lit};
 use datafusion::scalar::ScalarValue;
 use deltalake_core::DeltaTable;
 
@@ -12,9 +12,7 @@ use crate::store::table_provider;
 use crate::{Error, Result};
 
 fn context() -> SessionContext {
-    let cfg = SessionConfig::new()
-        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
-    SessionContext::new_with_config(cfg)
+    SessionContext::new_with_config(crate::store::session_config())
 }
 
 /// Casts `batch` column by column (by name) to `target`.

@@ -14,7 +14,7 @@ use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{LogicalPlan, ScalarUDF, async_udf::AsyncScalarUDF};
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, ident};
+use datafusion::prelude::{SQLOptions, SessionContext, ident};
 use datafusion::scalar::ScalarValue;
 
 use super::functions::{InSegment, PersonOf, PersonTags, SegmentFunction};
@@ -120,14 +120,9 @@ impl SqlSession {
             ),
             None => None,
         };
-        let mut cfg = SessionConfig::new()
+        let cfg = crate::store::session_config()
             .with_information_schema(true)
-            .with_default_catalog_and_schema(CATALOG, default.unwrap_or(NO_DEFAULT))
-            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
-        // Strings stay plain `Utf8` from Parquet on: BI clients read plain
-        // types (Flight SQL sends no views), and reading views only to cast
-        // them back cost a sixth of a large `SELECT`'s server time.
-        cfg.options_mut().execution.parquet.schema_force_view_types = false;
+            .with_default_catalog_and_schema(CATALOG, default.unwrap_or(NO_DEFAULT));
         let ctx = SessionContext::new_with_config(cfg);
         let catalog = MemoryCatalogProvider::new();
         for ws in &workspaces {
@@ -340,11 +335,12 @@ impl SchemaProvider for WorkspaceSchema {
 /// `events` = Delta ∪ memtable (read under one lock, so no acknowledged row
 /// is missing or doubled), plus each event's person.
 async fn events_view(ws: &Arc<Workspace>) -> Result<Arc<dyn TableProvider>> {
-    let ctx = SessionContext::new();
+    let ctx = SessionContext::new_with_config(crate::store::session_config());
     let (table, mem) = ws.read_view();
     let delta = ctx.read_table(table_provider(&table).await?)?;
-    // The provider may expose other physical types (Utf8View for strings):
-    // bring the memtable rows to its schema so the union is exact.
+    // The provider's physical types may differ from the memtable's (a
+    // dictionary-wrapped partition column, say): bring the memtable rows to
+    // its schema so the union is exact.
     let target: SchemaRef = Arc::new(delta.schema().as_arrow().clone());
     let batches = mem
         .iter()

@@ -213,7 +213,7 @@ impl Workspace {
 
 /// Reads `table` once and lays its events out per person.
 async fn build(table: &deltalake_core::DeltaTable, persons: &PersonMap) -> Result<Timeline> {
-    let ctx = datafusion::prelude::SessionContext::new();
+    let ctx = datafusion::prelude::SessionContext::new_with_config(crate::store::session_config());
     let df = ctx
         .read_table(table_provider(table).await?)?
         .select_columns(&[

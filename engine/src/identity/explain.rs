@@ -143,7 +143,7 @@ impl Workspace {
                 name: name.to_string(),
             });
         };
-        let ctx = SessionContext::new();
+        let ctx = SessionContext::new_with_config(crate::store::session_config());
         Ok(ctx.read_table(table_provider(&table).await?)?)
     }
 

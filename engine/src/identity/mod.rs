@@ -192,7 +192,9 @@ impl Workspace {
             }
             None => {
                 let mut g = graph::Graph::default();
-                let ctx = datafusion::prelude::SessionContext::new();
+                let ctx = datafusion::prelude::SessionContext::new_with_config(
+                    crate::store::session_config(),
+                );
                 let df = ctx
                     .read_table(crate::store::table_provider(&table).await?)?
                     .select_columns(&["event_time", "identifiers"])?;

@@ -326,7 +326,7 @@ pub(crate) async fn scan(path: &Path, columns: &[&str]) -> Result<Vec<RecordBatc
     let Some(table) = open(path).await? else {
         return Ok(Vec::new());
     };
-    let ctx = datafusion::prelude::SessionContext::new();
+    let ctx = datafusion::prelude::SessionContext::new_with_config(crate::store::session_config());
     let df = ctx
         .read_table(table_provider(&table).await?)?
         .select_columns(columns)?;

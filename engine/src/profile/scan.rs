@@ -360,7 +360,7 @@ pub(crate) async fn scan(
 ) -> Result<Scan> {
     let mut s = Scan::new(persons.ordinal_space());
     let mut slots = Slots::new(plan);
-    let ctx = datafusion::prelude::SessionContext::new();
+    let ctx = datafusion::prelude::SessionContext::new_with_config(crate::store::session_config());
     let df = ctx
         .read_table(table_provider(table).await?)?
         .select_columns(&scan_columns(plan))?;

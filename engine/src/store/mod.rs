@@ -27,6 +27,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use table::provider as table_provider;
+pub(crate) use table::session_config;
 pub(crate) use workspace::now_micros;
 pub use workspace::{FlushReport, OptimizeReport, Workspace, WorkspaceInfo};
 

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use datafusion::catalog::TableProvider;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::session_state::SessionState;
+use datafusion::prelude::SessionConfig;
 use deltalake_core::DeltaTable;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::CommitProperties;
@@ -123,7 +126,29 @@ pub(crate) async fn optimize(table: DeltaTable, target_mb: u64) -> Result<(Delta
     Ok((table, metrics.num_files_removed, metrics.num_files_added))
 }
 
-/// A DataFusion provider pinned to the table's current snapshot.
+/// The DataFusion settings every engine read runs with (`target_partitions`
+/// = the cores). Strings come out of Parquet as plain `Utf8`, not the
+/// `Utf8View` DataFusion defaults to: every reader in the engine and every
+/// Flight SQL client wants `Utf8`, and decoding views only to cast them back
+/// cost a sixth of a large `SELECT`'s server time.
+pub(crate) fn session_config() -> SessionConfig {
+    let mut cfg = SessionConfig::new()
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    cfg.options_mut().execution.parquet.schema_force_view_types = false;
+    cfg
+}
+
+/// A DataFusion provider pinned to the table's current snapshot, with plain
+/// `Utf8` strings (see [`session_config`]; the executing session must agree,
+/// or the scan casts every string column to the provider's types).
 pub(crate) async fn provider(table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
-    Ok(table.table_provider().await?)
+    // The provider takes its scan settings from a session: view types off,
+    // Parquet filter pushdown on (delta-rs's own default without a session).
+    static SCAN: std::sync::OnceLock<Arc<SessionState>> = std::sync::OnceLock::new();
+    let scan = SCAN.get_or_init(|| {
+        let mut cfg = session_config();
+        cfg.options_mut().execution.parquet.pushdown_filters = true;
+        Arc::new(SessionStateBuilder::new().with_config(cfg).build())
+    });
+    Ok(table.table_provider().with_session(scan.clone()).await?)
 }
