@@ -140,7 +140,9 @@ pub(crate) fn session_config() -> SessionConfig {
 
 /// A DataFusion provider pinned to the table's current snapshot, with plain
 /// `Utf8` strings (see [`session_config`]; the executing session must agree,
-/// or the scan casts every string column to the provider's types).
+/// or the scan casts every string column to the provider's types). The
+/// Flight path still shows view decoding and casts in a profile (bench/RESULTS.md,
+/// analytics run 2): some scan option is not yet reached.
 pub(crate) async fn provider(table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
     // The provider takes its scan settings from a session: view types off,
     // Parquet filter pushdown on (delta-rs's own default without a session).
