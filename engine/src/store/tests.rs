@@ -90,3 +90,74 @@ async fn write_stall_bounds_unflushed_rows() {
         "every acknowledged row is in Delta"
     );
 }
+
+/// `event_id`s of `ws`'s events, sorted.
+async fn event_ids(ws: &crate::Workspace) -> Vec<String> {
+    let mut stream = ws
+        .sql("SELECT event_id FROM events ORDER BY event_id")
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let col = arrow::compute::cast(batch.unwrap().column(0), &arrow::datatypes::DataType::Utf8)
+            .unwrap();
+        ids.extend(
+            col.as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap().to_string()),
+        );
+    }
+    ids
+}
+
+/// Compaction keeps every row and writes plain `Utf8` strings: a file with
+/// `Utf8View` in its Arrow schema is decoded as views and cast back to the
+/// table's types on every later scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimize_keeps_rows_and_writes_plain_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    cfg.store.fsync = false;
+    let engine = Engine::open(cfg).await.unwrap();
+    let ws = engine.create_workspace("shop").await.unwrap();
+    for b in 0..3 {
+        let ids: Vec<String> = (0..BATCH).map(|i| format!("b{b}-e{i}")).collect();
+        let events: Vec<RawEvent> = ids
+            .iter()
+            .map(|id| RawEvent {
+                event_id: Some(id),
+                event_time: TimeInput::Text("2026-10-01T10:00:00Z"),
+                channel: Some("pos"),
+                event_type: Some("purchase"),
+                identifiers: vec![("member", id)],
+                ..Default::default()
+            })
+            .collect();
+        ws.ingest(events.into_iter()).await.unwrap();
+        ws.flush().await.unwrap();
+    }
+    let before = event_ids(&ws).await;
+    assert_eq!(before.len(), 3 * BATCH);
+
+    let report = ws.optimize().await.unwrap();
+    assert_eq!(
+        (report.files_removed, report.files_added),
+        (3, 1),
+        "three flushes of one day compact into one file"
+    );
+    assert_eq!(event_ids(&ws).await, before);
+    let (table, _) = ws.read_view();
+    let uris: Vec<String> = table.get_file_uris().unwrap().collect();
+    assert_eq!(uris.len(), 1);
+    for uri in uris {
+        let path = uri.strip_prefix("file://").unwrap_or(&uri);
+        let file = std::fs::File::open(path).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let schema = format!("{:?}", reader.schema());
+        assert!(!schema.contains("View"), "{uri}: {schema}");
+    }
+}

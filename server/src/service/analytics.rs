@@ -28,6 +28,19 @@ fn text(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+/// Runs a report on the blocking pool: a funnel over millions of events
+/// computes for tens of milliseconds on every core, and on an async worker
+/// it would hold up every other call that worker serves.
+async fn off_workers<T: Send + 'static>(
+    report: impl Future<Output = quiver_engine::Result<T>> + Send + 'static,
+) -> Result<T, Status> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || rt.block_on(report))
+        .await
+        .map_err(|e| Status::internal(format!("report task failed: {e}")))?
+        .map_err(status)
+}
+
 fn meta(identity_run: u64, events_version: u64, elapsed: std::time::Duration) -> pb::AnalyticsMeta {
     pb::AnalyticsMeta {
         identity_run,
@@ -75,16 +88,14 @@ impl AnalyticsService for Analytics {
         } else {
             r.window_seconds
         };
-        let f = ws
-            .funnel(&FunnelRequest {
-                steps: r.steps,
-                window: window.saturating_mul(1_000_000),
-                from: bound(r.from_unix_ms),
-                to: bound(r.to_unix_ms),
-                breakdown: text(&r.breakdown),
-            })
-            .await
-            .map_err(status)?;
+        let req = FunnelRequest {
+            steps: r.steps,
+            window: window.saturating_mul(1_000_000),
+            from: bound(r.from_unix_ms),
+            to: bound(r.to_unix_ms),
+            breakdown: text(&r.breakdown),
+        };
+        let f = off_workers(async move { ws.funnel(&req).await }).await?;
         Ok(Response::new(pb::FunnelResponse {
             steps: f
                 .steps
@@ -122,17 +133,15 @@ impl AnalyticsService for Analytics {
         };
         let periods = if r.periods == 0 { 12 } else { r.periods };
         let (from, to) = retention_span(period, periods, r.from_unix_ms, r.to_unix_ms);
-        let m = ws
-            .retention(&RetentionRequest {
-                cohort_event: text(&r.cohort_event),
-                return_event: text(&r.return_event),
-                period,
-                periods,
-                from,
-                to,
-            })
-            .await
-            .map_err(status)?;
+        let req = RetentionRequest {
+            cohort_event: text(&r.cohort_event),
+            return_event: text(&r.return_event),
+            period,
+            periods,
+            from,
+            to,
+        };
+        let m = off_workers(async move { ws.retention(&req).await }).await?;
         Ok(Response::new(pb::RetentionResponse {
             cohorts: m
                 .cohorts
@@ -153,17 +162,14 @@ impl AnalyticsService for Analytics {
     ) -> Result<Response<pb::AttributionResponse>, Status> {
         let r = request.into_inner();
         let ws = self.engine.workspace(&r.workspace).map_err(status)?;
-        let a = ws
-            .attribution(&AttributionRequest {
-                conversion: text(&r.conversion),
-                touch: text(&r.touch),
-                lookback: (r.lookback_days != 0)
-                    .then(|| i64::from(r.lookback_days) * DAY_MS * 1000),
-                from: bound(r.from_unix_ms),
-                to: bound(r.to_unix_ms),
-            })
-            .await
-            .map_err(status)?;
+        let req = AttributionRequest {
+            conversion: text(&r.conversion),
+            touch: text(&r.touch),
+            lookback: (r.lookback_days != 0).then(|| i64::from(r.lookback_days) * DAY_MS * 1000),
+            from: bound(r.from_unix_ms),
+            to: bound(r.to_unix_ms),
+        };
+        let a = off_workers(async move { ws.attribution(&req).await }).await?;
         Ok(Response::new(pb::AttributionResponse {
             conversions: a.conversions,
             channels: a
