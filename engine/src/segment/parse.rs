@@ -42,8 +42,11 @@ use chrono::NaiveDate;
 use super::ast::{Cmp, Did, Expr, Literal, Window};
 
 /// How deep parentheses and `NOT`s may nest, so a hostile input cannot
-/// overflow the stack.
-const MAX_DEPTH: u32 = 128;
+/// overflow the stack, and so that the JSON form of any accepted
+/// expression reads back: one level of parentheses holds up to an `OR` of
+/// `AND`s, four levels of JSON (object, array, object, array), and JSON
+/// readers stop at 128 levels (serde_json does).
+const MAX_DEPTH: u32 = 24;
 
 /// Words that are never bare names (they would be ambiguous there).
 const RESERVED: [&str; 5] = ["AND", "OR", "NOT", "IN", "BETWEEN"];
@@ -1175,24 +1178,32 @@ mod tests {
 
     #[test]
     fn nesting_is_bounded() {
-        let ok = format!("{}a{}", "(".repeat(100), ")".repeat(100));
+        let limit = MAX_DEPTH;
+        let n = limit as usize;
+        let ok = format!("{}a{}", "(".repeat(n), ")".repeat(n));
         assert_eq!(parse(&ok), Ok(tag("a")));
+        let message = format!("at most {limit} levels of nested parentheses and NOTs");
         let deep = format!("{}a{}", "(".repeat(10_000), ")".repeat(10_000));
-        err(
-            &deep,
-            1,
-            129,
-            "at most 128 levels of nested parentheses and NOTs",
-            "`(`",
-        );
+        err(&deep, 1, limit + 1, &message, "`(`");
         let nots = format!("{}a", "NOT ".repeat(10_000));
-        err(
-            &nots,
-            1,
-            513,
-            "at most 128 levels of nested parentheses and NOTs",
-            "`NOT`",
-        );
+        err(&nots, 1, 4 * limit + 1, &message, "`NOT`");
+    }
+
+    /// The deepest expression the parser accepts, an `OR` of `AND`s at every
+    /// level of parentheses around the deepest leaf, reads back from its JSON
+    /// form (found by the fuzz target: at 128 levels of parentheses the JSON
+    /// form passed serde_json's recursion limit).
+    #[test]
+    fn the_deepest_expression_reads_back_from_json() {
+        let leaf = "did(page_view WHERE category = 'skincare') >= 3 IN LAST 30 DAYS";
+        let mut text = leaf.to_string();
+        for i in 0..MAX_DEPTH {
+            text = format!("t{i} OR u{i} AND ({text})");
+        }
+        let e = parse(&text).unwrap();
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Expr>(&json).unwrap(), e);
+        assert!(parse(&format!("NOT ({text})")).is_err(), "one level more");
     }
 
     #[test]
