@@ -15,18 +15,45 @@ const WRITERS: usize = 4;
 const BATCHES_PER_WRITER: usize = 6;
 const MAX_UNFLUSHED: usize = 100;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_stall_bounds_unflushed_rows() {
-    let dir = tempfile::tempdir().unwrap();
+/// An engine without fsync in `dir` (`tune` sets the rest), and its
+/// workspace `shop`.
+async fn open_shop(
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> (Arc<Engine>, Arc<crate::Workspace>) {
     let mut cfg = EngineConfig {
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.to_path_buf(),
         ..Default::default()
     };
     cfg.store.fsync = false;
-    cfg.store.memtable_max_rows = 50;
-    cfg.store.max_unflushed_rows = MAX_UNFLUSHED;
+    tune(&mut cfg);
     let engine = Engine::open(cfg).await.unwrap();
     let ws = engine.create_workspace("shop").await.unwrap();
+    (engine, ws)
+}
+
+/// One POS purchase per id, on one day, identified by the id as member.
+fn purchases(ids: &[String]) -> Vec<RawEvent<'_>> {
+    ids.iter()
+        .map(|id| RawEvent {
+            event_id: Some(id),
+            event_time: TimeInput::Text("2026-10-01T10:00:00Z"),
+            channel: Some("pos"),
+            event_type: Some("purchase"),
+            identifiers: vec![("member", id)],
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_stall_bounds_unflushed_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, ws) = open_shop(dir.path(), |cfg| {
+        cfg.store.memtable_max_rows = 50;
+        cfg.store.max_unflushed_rows = MAX_UNFLUSHED;
+    })
+    .await;
 
     let peak = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -46,16 +73,11 @@ async fn write_stall_bounds_unflushed_rows() {
                 let mut accepted = 0;
                 for b in 0..BATCHES_PER_WRITER {
                     let ids: Vec<String> = (0..BATCH).map(|i| format!("w{w}-b{b}-e{i}")).collect();
-                    let events = ids.iter().map(|id| RawEvent {
-                        event_id: Some(id),
-                        event_time: TimeInput::Text("2026-10-01T10:00:00Z"),
-                        channel: Some("pos"),
-                        event_type: Some("purchase"),
-                        identifiers: vec![("member", id)],
-                        ..Default::default()
-                    });
-                    let events: Vec<RawEvent> = events.collect();
-                    accepted += ws.ingest(events.into_iter()).await.unwrap().accepted;
+                    accepted += ws
+                        .ingest(purchases(&ids).into_iter())
+                        .await
+                        .unwrap()
+                        .accepted;
                 }
                 accepted
             })
@@ -116,27 +138,10 @@ async fn event_ids(ws: &crate::Workspace) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optimize_keeps_rows_and_writes_plain_strings() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = EngineConfig {
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    cfg.store.fsync = false;
-    let engine = Engine::open(cfg).await.unwrap();
-    let ws = engine.create_workspace("shop").await.unwrap();
+    let (_engine, ws) = open_shop(dir.path(), |_| {}).await;
     for b in 0..3 {
         let ids: Vec<String> = (0..BATCH).map(|i| format!("b{b}-e{i}")).collect();
-        let events: Vec<RawEvent> = ids
-            .iter()
-            .map(|id| RawEvent {
-                event_id: Some(id),
-                event_time: TimeInput::Text("2026-10-01T10:00:00Z"),
-                channel: Some("pos"),
-                event_type: Some("purchase"),
-                identifiers: vec![("member", id)],
-                ..Default::default()
-            })
-            .collect();
-        ws.ingest(events.into_iter()).await.unwrap();
+        ws.ingest(purchases(&ids).into_iter()).await.unwrap();
         ws.flush().await.unwrap();
     }
     let before = event_ids(&ws).await;
