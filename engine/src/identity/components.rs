@@ -94,6 +94,23 @@ impl UnionFind {
     }
 }
 
+/// One bit per node.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+
+    fn get(&self, i: u32) -> bool {
+        self.0[i as usize / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn set(&mut self, i: u32) {
+        self.0[i as usize / 64] |= 1 << (i % 64);
+    }
+}
+
 /// Per-node facts from the rules.
 struct NodeRules {
     priority: Vec<u8>,
@@ -222,20 +239,29 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let pairs: Vec<(u32, u32)> = merge_edges.iter().map(|e| (e.3, e.4)).collect();
     let adj = Adjacency::new(n, &pairs);
 
+    // Counts fit 16 bits: a union is refused before any count passes its
+    // cap, and caps are at most `MAX_CAP`.
     let ncls = nr.caps.len();
-    let mut counts = vec![0u32; n * ncls.max(1)];
+    let mut counts = vec![0u16; n * ncls.max(1)];
     for node in 0..n {
         let c = nr.class[node];
         if c != u16::MAX {
             counts[node * ncls + c as usize] = 1;
         }
     }
-    // Nodes by priority, strongest first, for the guard.
-    let mut by_priority: Vec<u32> = (0..n as u32).filter(|&v| nr.merge[v as usize]).collect();
-    by_priority.sort_unstable_by_key(|&v| (u8::MAX - nr.priority[v as usize], g.key_hash(v)));
+    // The values the guard must look at, strongest first: only a value with
+    // more links than its K can join more than K persons, so the others
+    // (nearly all) never enter the order.
+    let mut by_priority: Vec<(u8, u64, u32)> = (0..n as u32)
+        .filter(|&v| nr.merge[v as usize] && adj.of(v).len() as u32 > nr.guard[v as usize])
+        .map(|v| (u8::MAX - nr.priority[v as usize], g.key_hash(v), v))
+        .collect();
+    by_priority.sort_unstable();
 
     let mut uf = UnionFind::new(n);
-    let mut quarantined_flag = vec![false; n];
+    // A bitset: an eighth of a `Vec<bool>`, so it stays in cache while edges
+    // are checked against it.
+    let mut quarantined_flag = Bits::new(n);
     let mut quarantined = Vec::new();
     let mut refused = Vec::new();
     let mut next_node = 0usize;
@@ -244,27 +270,22 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     while e < merge_edges.len() {
         let strength = u8::MAX - merge_edges[e].0;
         // Guard every value of this priority (and stronger ones not yet looked at).
-        while next_node < by_priority.len()
-            && nr.priority[by_priority[next_node] as usize] >= strength
-        {
-            let v = by_priority[next_node];
+        while next_node < by_priority.len() && u8::MAX - by_priority[next_node].0 >= strength {
+            let v = by_priority[next_node].2;
             next_node += 1;
             let limit = nr.guard[v as usize];
             let p = nr.priority[v as usize];
             let nbrs = adj.of(v);
-            if nbrs.len() as u32 <= limit {
-                continue;
-            }
             roots.clear();
             for &w in nbrs {
-                if nr.priority[w as usize] >= p && !quarantined_flag[w as usize] {
+                if nr.priority[w as usize] >= p && !quarantined_flag.get(w) {
                     roots.push(uf.find(w));
                 }
             }
             roots.sort_unstable();
             roots.dedup();
             if roots.len() as u32 > limit {
-                quarantined_flag[v as usize] = true;
+                quarantined_flag.set(v);
                 quarantined.push(Quarantine {
                     node: v,
                     persons: roots.len() as u32,
@@ -275,7 +296,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         while e < merge_edges.len() && u8::MAX - merge_edges[e].0 == strength {
             let (_, _, _, a, b) = merge_edges[e];
             e += 1;
-            if quarantined_flag[a as usize] || quarantined_flag[b as usize] {
+            if quarantined_flag.get(a) || quarantined_flag.get(b) {
                 continue;
             }
             let (ra, rb) = (uf.find(a), uf.find(b));
@@ -283,13 +304,13 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
                 continue;
             }
             let (oa, ob) = (ra as usize * ncls, rb as usize * ncls);
-            let over = (0..ncls).find(|&c| counts[oa + c] + counts[ob + c] > nr.caps[c]);
-            if let Some(c) = over {
+            let held = |c: usize| u32::from(counts[oa + c]) + u32::from(counts[ob + c]);
+            if let Some(c) = (0..ncls).find(|&c| held(c) > nr.caps[c]) {
                 refused.push(Refusal {
                     a,
                     b,
                     class: nr.class_names[c].clone(),
-                    would_hold: counts[oa + c] + counts[ob + c],
+                    would_hold: held(c),
                     cap: nr.caps[c],
                 });
                 continue;
@@ -307,7 +328,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     // Attach non-merging values to the person they co-occur with most.
     let mut best: HashMap<u32, (u32, u64, u32)> = HashMap::new();
     for &(v, w, events) in &attach {
-        if quarantined_flag[w as usize] {
+        if quarantined_flag.get(w) {
             continue;
         }
         let root = uf.find(w);
@@ -327,7 +348,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let mut dense: Vec<u32> = vec![NONE; n];
     let mut persons = 0u32;
     for v in 0..n as u32 {
-        if quarantined_flag[v as usize] {
+        if quarantined_flag.get(v) {
             continue;
         }
         let root = if nr.merge[v as usize] {

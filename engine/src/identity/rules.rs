@@ -139,6 +139,9 @@ impl IdentityRules {
     }
 }
 
+/// The largest `max_per_person`: the union-find keeps cap counts in 16 bits.
+pub(crate) const MAX_CAP: u32 = u16::MAX as u32;
+
 /// A kind's rule, ready to apply.
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledKind {
@@ -159,9 +162,11 @@ impl CompiledKind {
                 Error::Config(format!("identity rules: kinds.{name}.patterns: {e}"))
             })?)
         };
-        if rule.max_per_person == Some(0) {
+        if let Some(cap) = rule.max_per_person
+            && !(1..=MAX_CAP).contains(&cap)
+        {
             return Err(Error::Config(format!(
-                "identity rules: kinds.{name}.max_per_person must be at least 1"
+                "identity rules: kinds.{name}.max_per_person must be between 1 and {MAX_CAP}, got {cap}"
             )));
         }
         Ok(CompiledKind {
@@ -224,6 +229,12 @@ mod tests {
         assert!(e.to_string().contains("kinds.phone.patterns"), "{e}");
         let e = IdentityRules::from_toml("[kinds.email]\nmax_per_person = 0\n").unwrap_err();
         assert!(e.to_string().contains("kinds.email.max_per_person"), "{e}");
+        let e = IdentityRules::from_toml("[kinds.email]\nmax_per_person = 65536\n").unwrap_err();
+        assert!(
+            e.to_string().contains("between 1 and 65535, got 65536"),
+            "{e}"
+        );
+        IdentityRules::from_toml("[kinds.email]\nmax_per_person = 65535\n").unwrap();
     }
 
     #[test]
