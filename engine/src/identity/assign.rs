@@ -15,7 +15,7 @@ use hashbrown::{HashMap, HashSet};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::components::{Components, NONE};
-use super::graph::{Graph, key128};
+use super::graph::Graph;
 
 /// A person known before this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub(crate) struct PrevPerson {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Previous {
     pub persons: Vec<PrevPerson>,
-    /// [`key128`] of `(kind, value)` → index into `persons`.
+    /// [`key128`](super::graph::key128) of `(kind, value)` → index into `persons`.
     pub owner: HashMap<u128, u32>,
 }
 
@@ -117,28 +117,22 @@ pub(crate) fn assign(
     let np = c.persons as usize;
     // Oldest member of each component: (first_seen, content hash).
     let mut oldest = vec![(i64::MAX, u64::MAX); np];
-    // Overlap with previous persons; values new to each component.
+    // Overlap with previous persons.
     let mut overlap: HashMap<(u32, u32), u32> = HashMap::new();
     let mut size = vec![0u32; np];
-    let mut fresh: Vec<Vec<u32>> = vec![Vec::new(); np];
     for n in 0..g.len() as u32 {
         let p = c.person[n as usize];
         if p == NONE {
             continue;
         }
-        let key = (g.first_seen[n as usize], g.key_hash(n));
+        let key = (g.first_seen(n), g.key_hash(n));
         let slot = &mut oldest[p as usize];
         if key < *slot {
             *slot = key;
         }
         size[p as usize] += 1;
-        match prev.owner.get(&key128(g.kind(n), g.value(n))) {
-            Some(&q) => *overlap.entry((p, q)).or_insert(0) += 1,
-            None => {
-                if fresh[p as usize].len() < 5 {
-                    fresh[p as usize].push(n);
-                }
-            }
+        if let Some(&q) = prev.owner.get(&g.key(n)) {
+            *overlap.entry((p, q)).or_insert(0) += 1;
         }
     }
     // Heir of every previous person; the components each one reached.
@@ -167,6 +161,8 @@ pub(crate) fn assign(
     let mut taken: HashSet<String> = prev.persons.iter().map(|p| p.person_id.clone()).collect();
     let mut persons: Vec<Option<Person>> = vec![None; np];
     let mut changes = Vec::new();
+    // Merges, by component: their evidence is filled in below.
+    let mut merged: HashMap<u32, usize> = HashMap::new();
     let (mut merges, mut kept) = (0u64, 0u64);
     for p in 0..np {
         let cl = &mut claimants[p];
@@ -190,11 +186,28 @@ pub(crate) fn assign(
                 ids.push(prev.persons[q as usize].person_id.clone());
                 merges += 1;
             }
+            merged.insert(p as u32, changes.len());
             changes.push(Change {
                 kind: "merge",
                 person_ids: ids,
-                evidence: evidence(g, &fresh[p]),
+                evidence: String::new(),
             });
+        }
+    }
+    // A merge's evidence: the first values (in node order) new to the survivor.
+    if !merged.is_empty() {
+        let mut fresh: HashMap<u32, Vec<u32>> = HashMap::new();
+        for n in 0..g.len() as u32 {
+            let p = c.person[n as usize];
+            if merged.contains_key(&p) && !prev.owner.contains_key(&g.key(n)) {
+                let f = fresh.entry(p).or_default();
+                if f.len() < 5 {
+                    f.push(n);
+                }
+            }
+        }
+        for (p, i) in &merged {
+            changes[*i].evidence = evidence(g, fresh.get(p).map_or(&[], Vec::as_slice));
         }
     }
     // New persons, oldest member first.
@@ -309,7 +322,7 @@ mod tests {
                     .iter()
                     .position(|q| &q.person_id == id)
                     .unwrap();
-                prev.owner.insert(key128(g.kind(n), g.value(n)), i as u32);
+                prev.owner.insert(g.key(n), i as u32);
             }
         }
         prev

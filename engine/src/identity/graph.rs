@@ -35,9 +35,15 @@ pub(crate) struct Graph {
     arena: String,
     ends: Vec<usize>,
     hashes: Vec<u64>,
-    pub first_seen: Vec<i64>,
-    pub last_seen: Vec<i64>,
-    index: HashTable<u32>,
+    /// [`key128`] of every node: what the index compares, and what values are
+    /// looked up by across runs.
+    keys: Vec<u128>,
+    /// First and last event time (µs) per node, side by side: an event
+    /// updates both.
+    seen: Vec<(i64, i64)>,
+    /// `(key low, key high, node)`: the key is kept in the slot, so a probe
+    /// reads no per-node array.
+    index: HashTable<(u64, u64, u32)>,
     kind_index: HashMap<String, u16>,
     pub edges: HashMap<u64, EdgeStat>,
     /// Occurrences of blocklisted values skipped.
@@ -52,17 +58,18 @@ pub(crate) struct Graph {
 
 /// Content hash of `(kind, value)`; the deterministic order key of a node.
 pub(crate) fn key_hash(kind: &str, value: &str) -> u64 {
-    let mut buf = Vec::with_capacity(kind.len() + value.len() + 1);
-    buf.extend_from_slice(kind.as_bytes());
-    buf.push(0x1f);
-    buf.extend_from_slice(value.as_bytes());
-    xxh3_64(&buf)
+    with_key(kind, value, xxh3_64)
 }
 
 /// The 128-bit content hash of `(kind, value)`: the key values are looked up
 /// by across runs (collisions are not a practical concern at this width).
 pub(crate) fn key128(kind: &str, value: &str) -> u128 {
-    // Most keys fit on the stack: no allocation per identifier.
+    with_key(kind, value, xxhash_rust::xxh3::xxh3_128)
+}
+
+/// Calls `f` on the bytes `kind 0x1f value`; most keys fit on the stack, so
+/// hashing an identifier allocates nothing.
+fn with_key<T>(kind: &str, value: &str, f: impl FnOnce(&[u8]) -> T) -> T {
     let n = kind.len() + value.len() + 1;
     let mut stack = [0u8; 128];
     let mut heap = Vec::new();
@@ -75,7 +82,7 @@ pub(crate) fn key128(kind: &str, value: &str) -> u128 {
     buf[..kind.len()].copy_from_slice(kind.as_bytes());
     buf[kind.len()] = 0x1f;
     buf[kind.len() + 1..].copy_from_slice(value.as_bytes());
-    xxhash_rust::xxh3::xxh3_128(buf)
+    f(buf)
 }
 
 fn edge_key(a: u32, b: u32) -> u64 {
@@ -141,22 +148,39 @@ impl Graph {
         self.hashes[n as usize]
     }
 
+    /// The first time (µs) node `n` was seen on an event.
+    pub fn first_seen(&self, n: u32) -> i64 {
+        self.seen[n as usize].0
+    }
+
+    /// The last time (µs) node `n` was seen on an event.
+    pub fn last_seen(&self, n: u32) -> i64 {
+        self.seen[n as usize].1
+    }
+
+    /// The [`key128`] of node `n`.
+    pub fn key(&self, n: u32) -> u128 {
+        self.keys[n as usize]
+    }
+
     /// The node of `(kind, value)`, if seen.
     #[cfg(test)]
     pub fn find(&self, kind: &str, value: &str) -> Option<u32> {
-        let h = key_hash(kind, value);
+        let key = key128(kind, value);
+        let (lo, hi) = (key as u64, (key >> 64) as u64);
         self.index
-            .find(h, |&n| self.kind(n) == kind && self.value(n) == value)
-            .copied()
+            .find(lo, |&(l, h, _)| (l, h) == (lo, hi))
+            .map(|&(_, _, n)| n)
     }
 
     /// The node of `(kind, value)`, created if new.
+    ///
+    /// Nodes are found by their 128-bit content key alone, as values are
+    /// across runs: a probe touches the index and one key, never the strings.
     pub fn intern(&mut self, kind: &str, value: &str) -> u32 {
-        let h = key_hash(kind, value);
-        if let Some(&n) = self
-            .index
-            .find(h, |&n| self.kind(n) == kind && self.value(n) == value)
-        {
+        let key = key128(kind, value);
+        let (lo, hi) = (key as u64, (key >> 64) as u64);
+        if let Some(&(_, _, n)) = self.index.find(lo, |&(l, h, _)| (l, h) == (lo, hi)) {
             return n;
         }
         let k = match self.kind_index.get(kind) {
@@ -172,20 +196,18 @@ impl Graph {
         self.kind_of.push(k);
         self.arena.push_str(value);
         self.ends.push(self.arena.len());
-        self.hashes.push(h);
-        self.first_seen.push(i64::MAX);
-        self.last_seen.push(i64::MIN);
-        let hashes = &self.hashes;
-        self.index.insert_unique(h, n, |&m| hashes[m as usize]);
+        self.hashes.push(key_hash(kind, value));
+        self.keys.push(key);
+        self.seen.push((i64::MAX, i64::MIN));
+        self.index.insert_unique(lo, (lo, hi, n), |&(l, _, _)| l);
         n
     }
 
     /// Adds a node with its first and last seen times (as a snapshot holds it).
     pub fn push_node(&mut self, kind: &str, value: &str, first_seen: i64, last_seen: i64) -> u32 {
         let n = self.intern(kind, value);
-        let i = n as usize;
-        self.first_seen[i] = self.first_seen[i].min(first_seen);
-        self.last_seen[i] = self.last_seen[i].max(last_seen);
+        let seen = &mut self.seen[n as usize];
+        *seen = (seen.0.min(first_seen), seen.1.max(last_seen));
         n
     }
 
@@ -206,8 +228,8 @@ impl Graph {
             let i = sub.push_node(
                 self.kind(n),
                 self.value(n),
-                self.first_seen[n as usize],
-                self.last_seen[n as usize],
+                self.first_seen(n),
+                self.last_seen(n),
             );
             index.insert(n, i);
         }
@@ -229,9 +251,8 @@ impl Graph {
             self.touched.extend_from_slice(nodes);
         }
         for &n in nodes.iter() {
-            let n = n as usize;
-            self.first_seen[n] = self.first_seen[n].min(time);
-            self.last_seen[n] = self.last_seen[n].max(time);
+            let seen = &mut self.seen[n as usize];
+            *seen = (seen.0.min(time), seen.1.max(time));
         }
         if nodes.len() <= CLIQUE_MAX {
             for (i, &a) in nodes.iter().enumerate() {
@@ -278,6 +299,9 @@ impl Graph {
         let values = Strings::of(entries.column(1).as_ref(), "identifiers.value")?;
         let offsets = ids.value_offsets();
         let mut nodes = Vec::with_capacity(8);
+        // A batch holds a handful of distinct kinds: each one's rule is looked
+        // up once, not per identifier.
+        let mut kind_rules: Vec<(&str, &super::rules::CompiledKind)> = Vec::new();
         for row in 0..batch.num_rows() {
             if ids.is_null(row) {
                 continue;
@@ -287,7 +311,15 @@ impl Graph {
                 let (Some(kind), Some(value)) = (kinds.get(j), values.get(j)) else {
                     continue;
                 };
-                if rules.kind(kind).blocked(value) {
+                let rule = match kind_rules.iter().find(|(k, _)| *k == kind) {
+                    Some(&(_, rule)) => rule,
+                    None => {
+                        let rule = rules.kind(kind);
+                        kind_rules.push((kind, rule));
+                        rule
+                    }
+                };
+                if rule.blocked(value) {
                     self.blocked += 1;
                     continue;
                 }
@@ -318,7 +350,7 @@ mod tests {
         g.add_event(&mut vec![a, b], 5);
         assert_eq!(g.edges.len(), 1);
         assert_eq!(g.edges[&edge_key(a, b)].events, 2);
-        assert_eq!((g.first_seen[a as usize], g.last_seen[a as usize]), (5, 10));
+        assert_eq!((g.first_seen(a), g.last_seen(a)), (5, 10));
         assert_eq!(edge_ends(edge_key(b, a)), (a, b));
     }
 

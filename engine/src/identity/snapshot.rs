@@ -86,8 +86,12 @@ pub(crate) fn write(ws_dir: &Path, run: u64, g: &Graph) -> Result<()> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(kind.finish()),
             Arc::new(value.finish()),
-            Arc::new(Int64Array::from(g.first_seen[start..end].to_vec())),
-            Arc::new(Int64Array::from(g.last_seen[start..end].to_vec())),
+            Arc::new(Int64Array::from_iter_values(
+                (start..end).map(|n| g.first_seen(n as u32)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                (start..end).map(|n| g.last_seen(n as u32)),
+            )),
         ];
         Ok(RecordBatch::try_new(nodes_schema(), cols)?)
     });
@@ -287,8 +291,8 @@ mod tests {
         assert_eq!(back.len(), 3);
         for n in 0..3 {
             assert_eq!((back.kind(n), back.value(n)), (g.kind(n), g.value(n)));
-            assert_eq!(back.first_seen[n as usize], g.first_seen[n as usize]);
-            assert_eq!(back.last_seen[n as usize], g.last_seen[n as usize]);
+            assert_eq!(back.first_seen(n), g.first_seen(n));
+            assert_eq!(back.last_seen(n), g.last_seen(n));
         }
         assert_eq!(back.edges, g.edges);
         assert!(read(dir.path(), 4).unwrap().is_none());

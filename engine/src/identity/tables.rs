@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::assign::{Change, Person, PrevPerson, Previous};
 use super::components::NONE;
-use super::graph::{Graph, key128};
+use super::graph::{Graph, Strings, key128};
 use crate::event::TZ;
 use crate::store::table_provider;
 use crate::{Error, Result};
@@ -225,8 +225,8 @@ pub(crate) async fn write_outputs(
             value.append_value(g.value(n));
             pid.append_value(&p.person_id);
             ord.push(i64::from(p.ordinal));
-            first.push(g.first_seen[n as usize]);
-            last.push(g.last_seen[n as usize]);
+            first.push(g.first_seen(n));
+            last.push(g.last_seen(n));
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(kind.finish()),
@@ -252,8 +252,8 @@ pub(crate) async fn write_outputs(
         if p != NONE {
             let p = p as usize;
             count[p] += 1;
-            first[p] = first[p].min(g.first_seen[n]);
-            last[p] = last[p].max(g.last_seen[n]);
+            first[p] = first[p].min(g.first_seen(n as u32));
+            last[p] = last[p].max(g.last_seen(n as u32));
         }
     }
     let mut id = StringBuilder::new();
@@ -358,39 +358,47 @@ pub(crate) fn times(array: &ArrayRef) -> Result<Vec<i64>> {
 }
 
 /// Loads what the previous run wrote.
+///
+/// Strings are borrowed from the scanned batches, not copied per row: the
+/// `identifiers` table holds a row per value ever seen.
 pub(crate) async fn read_previous(dir: &Path) -> Result<Previous> {
     let mut prev = Previous::default();
-    let mut index: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
-    for batch in scan(
+    let persons = scan(
         &dir.join(PERSONS),
         &["person_id", "ordinal", "created_at", "merged_into"],
     )
-    .await?
-    {
-        let ids = strings(batch.column(0))?;
+    .await?;
+    let rows = persons.iter().map(RecordBatch::num_rows).sum::<usize>();
+    prev.persons.reserve(rows);
+    let mut index: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::with_capacity(rows);
+    for batch in &persons {
+        let ids = Strings::of(batch.column(0).as_ref(), "persons.person_id")?;
         let ords = ints(batch.column(1))?;
         let created = times(batch.column(2))?;
-        let merged = strings(batch.column(3))?;
+        let merged = Strings::of(batch.column(3).as_ref(), "persons.merged_into")?;
         for i in 0..batch.num_rows() {
-            let person_id = ids[i].clone().unwrap_or_default();
-            index.insert(person_id.clone(), prev.persons.len() as u32);
+            let person_id = ids.get(i).unwrap_or_default();
+            index.insert(person_id, prev.persons.len() as u32);
             prev.persons.push(PrevPerson {
-                person_id,
+                person_id: person_id.to_string(),
                 ordinal: ords[i] as u32,
                 created_at: created[i],
-                merged_into: merged[i].clone(),
+                merged_into: merged.get(i).map(str::to_string),
             });
         }
     }
-    for batch in scan(&dir.join(IDENTIFIERS), &["kind", "value", "person_id"]).await? {
-        let kinds = strings(batch.column(0))?;
-        let values = strings(batch.column(1))?;
-        let ids = strings(batch.column(2))?;
+    let identifiers = scan(&dir.join(IDENTIFIERS), &["kind", "value", "person_id"]).await?;
+    prev.owner
+        .reserve(identifiers.iter().map(RecordBatch::num_rows).sum::<usize>());
+    for batch in &identifiers {
+        let kinds = Strings::of(batch.column(0).as_ref(), "identifiers.kind")?;
+        let values = Strings::of(batch.column(1).as_ref(), "identifiers.value")?;
+        let ids = Strings::of(batch.column(2).as_ref(), "identifiers.person_id")?;
         for i in 0..batch.num_rows() {
-            let (Some(k), Some(v), Some(id)) = (&kinds[i], &values[i], &ids[i]) else {
+            let (Some(k), Some(v), Some(id)) = (kinds.get(i), values.get(i), ids.get(i)) else {
                 continue;
             };
-            let Some(&p) = index.get(id.as_str()) else {
+            let Some(&p) = index.get(id) else {
                 return Err(Error::Internal(format!(
                     "identifiers row {k}:{v} names person `{id}`, which `persons` does not hold"
                 )));
