@@ -13,8 +13,8 @@
 //! 4. Values of kinds that may not merge are attached afterwards to the person
 //!    they co-occur with on most events (ties: smallest content hash).
 //!
-//! Union-find with path halving and union by rank; counts per capped class
-//! live in one flat array indexed by root.
+//! Union-find with path halving and union by rank; each node's parent, rank
+//! and counts per capped class live in one record.
 
 use hashbrown::HashMap;
 
@@ -111,10 +111,19 @@ impl Bits {
     }
 }
 
+/// What the edge pass reads of each end, side by side: the pass goes over
+/// edges in hash order, so every end is a cache miss, one instead of three.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    /// The content hash ([`Graph::key_hash`]).
+    hash: u64,
+    priority: u8,
+    merge: bool,
+}
+
 /// Per-node facts from the rules.
 struct NodeRules {
-    priority: Vec<u8>,
-    merge: Vec<bool>,
+    facts: Vec<Facts>,
     guard: Vec<u32>,
     /// Capped class index, or `u16::MAX`.
     class: Vec<u16>,
@@ -125,8 +134,7 @@ struct NodeRules {
 fn node_rules(g: &Graph, rules: &CompiledRules) -> NodeRules {
     let n = g.len();
     let mut out = NodeRules {
-        priority: Vec::with_capacity(n),
-        merge: Vec::with_capacity(n),
+        facts: Vec::with_capacity(n),
         guard: Vec::with_capacity(n),
         class: Vec::with_capacity(n),
         class_names: Vec::new(),
@@ -158,8 +166,11 @@ fn node_rules(g: &Graph, rules: &CompiledRules) -> NodeRules {
                 (rule, class)
             }
         };
-        out.priority.push(rule.priority);
-        out.merge.push(rule.merge);
+        out.facts.push(Facts {
+            hash: g.key_hash(node),
+            priority: rule.priority,
+            merge: rule.merge,
+        });
         out.guard.push(rule.guard);
         let class = match (class, rule.cap) {
             (Some(c), _) => c,
@@ -180,6 +191,80 @@ fn node_rules(g: &Graph, rules: &CompiledRules) -> NodeRules {
         out.class.push(class);
     }
     out
+}
+
+/// Union-find over nodes whose roots carry their person's count of values
+/// per capped class. A node's parent, rank and counts share one record, so a
+/// union (bound by cache misses on random nodes) reads one line per root,
+/// not one per array. Path halving, union by rank.
+struct CappedUnionFind {
+    /// Node `i`'s record at `i * stride`: parent (low, high 16 bits), rank,
+    /// then one count per class. Counts fit 16 bits: a union is refused
+    /// before any count passes its cap, and caps are at most `MAX_CAP`.
+    rec: Vec<u16>,
+    stride: usize,
+}
+
+/// Words before a record's counts.
+const HEAD: usize = 3;
+
+impl CappedUnionFind {
+    fn new(nr: &NodeRules) -> Self {
+        let stride = HEAD + nr.caps.len();
+        let mut rec = vec![0u16; nr.class.len() * stride];
+        for (i, (r, &c)) in rec.chunks_exact_mut(stride).zip(&nr.class).enumerate() {
+            r[0] = i as u16;
+            r[1] = (i >> 16) as u16;
+            if c != u16::MAX {
+                r[HEAD + c as usize] = 1;
+            }
+        }
+        CappedUnionFind { rec, stride }
+    }
+
+    fn parent(&self, x: u32) -> u32 {
+        let i = x as usize * self.stride;
+        u32::from(self.rec[i]) | u32::from(self.rec[i + 1]) << 16
+    }
+
+    fn set_parent(&mut self, x: u32, p: u32) {
+        let i = x as usize * self.stride;
+        self.rec[i] = p as u16;
+        self.rec[i + 1] = (p >> 16) as u16;
+    }
+
+    fn find(&mut self, mut x: u32) -> u32 {
+        loop {
+            let p = self.parent(x);
+            if p == x {
+                return x;
+            }
+            let grand = self.parent(p);
+            self.set_parent(x, grand);
+            x = grand;
+        }
+    }
+
+    /// Root `r`'s count of values of class `c`.
+    fn count(&self, r: u32, c: usize) -> u32 {
+        u32::from(self.rec[r as usize * self.stride + HEAD + c])
+    }
+
+    /// Links roots `a` and `b` and adds up their counts; returns the new root.
+    fn link(&mut self, a: u32, b: u32) -> u32 {
+        let (ia, ib) = (a as usize * self.stride, b as usize * self.stride);
+        let (ra, rb) = (self.rec[ia + 2], self.rec[ib + 2]);
+        let (root, child) = if ra < rb { (b, a) } else { (a, b) };
+        if ra == rb {
+            self.rec[ia + 2] += 1;
+        }
+        self.set_parent(child, root);
+        let (ir, ic) = (root as usize * self.stride, child as usize * self.stride);
+        for c in HEAD..self.stride {
+            self.rec[ir + c] += self.rec[ic + c];
+        }
+        root
+    }
 }
 
 /// Adjacency of the graph in CSR form, over mergeable nodes only.
@@ -223,10 +308,11 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let mut attach: Vec<(u32, u32, u32)> = Vec::new();
     for (&key, stat) in &g.edges {
         let (a, b) = edge_ends(key);
-        match (nr.merge[a as usize], nr.merge[b as usize]) {
+        let (fa, fb) = (nr.facts[a as usize], nr.facts[b as usize]);
+        match (fa.merge, fb.merge) {
             (true, true) => {
-                let strength = nr.priority[a as usize].min(nr.priority[b as usize]);
-                let (ha, hb) = (g.key_hash(a), g.key_hash(b));
+                let strength = fa.priority.min(fb.priority);
+                let (ha, hb) = (fa.hash, fb.hash);
                 let (lo, hi) = if ha <= hb { (ha, hb) } else { (hb, ha) };
                 merge_edges.push((u8::MAX - strength, lo, hi, a, b));
             }
@@ -239,26 +325,20 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let pairs: Vec<(u32, u32)> = merge_edges.iter().map(|e| (e.3, e.4)).collect();
     let adj = Adjacency::new(n, &pairs);
 
-    // Counts fit 16 bits: a union is refused before any count passes its
-    // cap, and caps are at most `MAX_CAP`.
-    let ncls = nr.caps.len();
-    let mut counts = vec![0u16; n * ncls.max(1)];
-    for node in 0..n {
-        let c = nr.class[node];
-        if c != u16::MAX {
-            counts[node * ncls + c as usize] = 1;
-        }
-    }
     // The values the guard must look at, strongest first: only a value with
     // more links than its K can join more than K persons, so the others
     // (nearly all) never enter the order.
     let mut by_priority: Vec<(u8, u64, u32)> = (0..n as u32)
-        .filter(|&v| nr.merge[v as usize] && adj.of(v).len() as u32 > nr.guard[v as usize])
-        .map(|v| (u8::MAX - nr.priority[v as usize], g.key_hash(v), v))
+        .filter(|&v| nr.facts[v as usize].merge && adj.of(v).len() as u32 > nr.guard[v as usize])
+        .map(|v| {
+            let f = nr.facts[v as usize];
+            (u8::MAX - f.priority, f.hash, v)
+        })
         .collect();
     by_priority.sort_unstable();
 
-    let mut uf = UnionFind::new(n);
+    let mut uf = CappedUnionFind::new(&nr);
+    let ncls = nr.caps.len();
     // A bitset: an eighth of a `Vec<bool>`, so it stays in cache while edges
     // are checked against it.
     let mut quarantined_flag = Bits::new(n);
@@ -274,11 +354,11 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             let v = by_priority[next_node].2;
             next_node += 1;
             let limit = nr.guard[v as usize];
-            let p = nr.priority[v as usize];
+            let p = nr.facts[v as usize].priority;
             let nbrs = adj.of(v);
             roots.clear();
             for &w in nbrs {
-                if nr.priority[w as usize] >= p && !quarantined_flag.get(w) {
+                if nr.facts[w as usize].priority >= p && !quarantined_flag.get(w) {
                     roots.push(uf.find(w));
                 }
             }
@@ -303,8 +383,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             if ra == rb {
                 continue;
             }
-            let (oa, ob) = (ra as usize * ncls, rb as usize * ncls);
-            let held = |c: usize| u32::from(counts[oa + c]) + u32::from(counts[ob + c]);
+            let held = |c: usize| uf.count(ra, c) + uf.count(rb, c);
             if let Some(c) = (0..ncls).find(|&c| held(c) > nr.caps[c]) {
                 refused.push(Refusal {
                     a,
@@ -315,12 +394,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
                 });
                 continue;
             }
-            let root = uf.link(ra, rb);
-            let other = if root == ra { ob } else { oa };
-            let base = root as usize * ncls;
-            for c in 0..ncls {
-                counts[base + c] += counts[other + c];
-            }
+            uf.link(ra, rb);
         }
     }
     // Values only in weaker edges than any applied: still guard-free (they link nothing).
@@ -351,7 +425,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         if quarantined_flag.get(v) {
             continue;
         }
-        let root = if nr.merge[v as usize] {
+        let root = if nr.facts[v as usize].merge {
             uf.find(v)
         } else if attached_to[v as usize] != NONE {
             attached_to[v as usize]
