@@ -218,6 +218,8 @@ impl Workspace {
             done: g.events,
         });
         phases.push(("read", t.elapsed()));
+        // Shared with the snapshot writer below.
+        let g = std::sync::Arc::new(g);
 
         // Components: of the whole graph, or of the raw components new events reach.
         let t = Instant::now();
@@ -231,7 +233,7 @@ impl Workspace {
             }
             None => {
                 let c = components::components(&g, &compiled);
-                (&g, c)
+                (&*g, c)
             }
         };
         progress(Progress {
@@ -346,8 +348,14 @@ impl Workspace {
                 .filter(|p| p.merged_into.is_some())
                 .cloned()
                 .collect();
-            snapshot::write(&dir, run, &g)?;
-            tables::write_outputs(
+            // The snapshot (plain Arrow files) is written on a blocking
+            // thread while the Delta tables are encoded here: the state file
+            // below, which makes both current, waits for both.
+            let snap = {
+                let (dir, g) = (dir.clone(), std::sync::Arc::clone(&g));
+                tokio::task::spawn_blocking(move || snapshot::write(&dir, run, &g))
+            };
+            let outputs = tables::write_outputs(
                 &dir,
                 &g,
                 &node_person,
@@ -357,7 +365,10 @@ impl Workspace {
                 run,
                 now,
             )
-            .await?;
+            .await;
+            snap.await
+                .map_err(|e| Error::Internal(format!("identity snapshot writer: {e}")))??;
+            outputs?;
             tables::write_state(
                 &dir,
                 &tables::State {
