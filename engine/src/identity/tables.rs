@@ -359,8 +359,9 @@ pub(crate) fn times(array: &ArrayRef) -> Result<Vec<i64>> {
 
 /// Loads what the previous run wrote.
 ///
-/// Strings are borrowed from the scanned batches, not copied per row: the
-/// `identifiers` table holds a row per value ever seen.
+/// Strings are borrowed from the scanned batches, not copied per row, and an
+/// `identifiers` row finds its person by ordinal (dense, never reused), not
+/// by id: the table holds a row per value ever seen.
 pub(crate) async fn read_previous(dir: &Path) -> Result<Previous> {
     let mut prev = Previous::default();
     let persons = scan(
@@ -370,37 +371,59 @@ pub(crate) async fn read_previous(dir: &Path) -> Result<Previous> {
     .await?;
     let rows = persons.iter().map(RecordBatch::num_rows).sum::<usize>();
     prev.persons.reserve(rows);
-    let mut index: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::with_capacity(rows);
+    // Ordinal → index into `prev.persons`. Ordinals are dense (retired
+    // persons keep theirs), so a vector holds them; one far beyond the row
+    // count means the table is damaged, not a reason to allocate gigabytes.
+    let mut by_ordinal: Vec<u32> = Vec::with_capacity(rows);
     for batch in &persons {
         let ids = Strings::of(batch.column(0).as_ref(), "persons.person_id")?;
         let ords = ints(batch.column(1))?;
         let created = times(batch.column(2))?;
         let merged = Strings::of(batch.column(3).as_ref(), "persons.merged_into")?;
         for i in 0..batch.num_rows() {
-            let person_id = ids.get(i).unwrap_or_default();
-            index.insert(person_id, prev.persons.len() as u32);
+            let ordinal = u32::try_from(ords[i]).map_err(|_| {
+                Error::Internal(format!(
+                    "persons row {i}: ordinal {} is out of range",
+                    ords[i]
+                ))
+            })?;
+            let slot = ordinal as usize;
+            if slot > 2 * rows + 1024 {
+                return Err(Error::Internal(format!(
+                    "persons row {i}: ordinal {ordinal} is far beyond the table's {rows} rows"
+                )));
+            }
+            if by_ordinal.len() <= slot {
+                by_ordinal.resize(slot + 1, NONE);
+            }
+            by_ordinal[slot] = prev.persons.len() as u32;
             prev.persons.push(PrevPerson {
-                person_id: person_id.to_string(),
-                ordinal: ords[i] as u32,
+                person_id: ids.get(i).unwrap_or_default().to_string(),
+                ordinal,
                 created_at: created[i],
                 merged_into: merged.get(i).map(str::to_string),
             });
         }
     }
-    let identifiers = scan(&dir.join(IDENTIFIERS), &["kind", "value", "person_id"]).await?;
+    let identifiers = scan(&dir.join(IDENTIFIERS), &["kind", "value", "ordinal"]).await?;
     prev.owner
         .reserve(identifiers.iter().map(RecordBatch::num_rows).sum::<usize>());
     for batch in &identifiers {
         let kinds = Strings::of(batch.column(0).as_ref(), "identifiers.kind")?;
         let values = Strings::of(batch.column(1).as_ref(), "identifiers.value")?;
-        let ids = Strings::of(batch.column(2).as_ref(), "identifiers.person_id")?;
-        for i in 0..batch.num_rows() {
-            let (Some(k), Some(v), Some(id)) = (kinds.get(i), values.get(i), ids.get(i)) else {
+        let ords = ints(batch.column(2))?;
+        for (i, &ord) in ords.iter().enumerate() {
+            let (Some(k), Some(v)) = (kinds.get(i), values.get(i)) else {
                 continue;
             };
-            let Some(&p) = index.get(id) else {
+            let p = usize::try_from(ord)
+                .ok()
+                .and_then(|o| by_ordinal.get(o))
+                .copied()
+                .filter(|&p| p != NONE);
+            let Some(p) = p else {
                 return Err(Error::Internal(format!(
-                    "identifiers row {k}:{v} names person `{id}`, which `persons` does not hold"
+                    "identifiers row {k}:{v} names ordinal {ord}, which `persons` does not hold"
                 )));
             };
             prev.owner.insert(key128(k, v), p);
