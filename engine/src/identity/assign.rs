@@ -117,8 +117,10 @@ pub(crate) fn assign(
     let np = c.persons as usize;
     // Oldest member of each component: (first_seen, content hash).
     let mut oldest = vec![(i64::MAX, u64::MAX); np];
-    // Overlap with previous persons.
-    let mut overlap: HashMap<(u32, u32), u32> = HashMap::new();
+    // Overlap with previous persons: one `(component, previous person)`
+    // pair per value a previous person held, sorted and counted below (a
+    // sort of packed pairs, where a map would take a random probe per value).
+    let mut pairs: Vec<u64> = Vec::with_capacity(if prev.owner.is_empty() { 0 } else { g.len() });
     let mut size = vec![0u32; np];
     for n in 0..g.len() as u32 {
         let p = c.person[n as usize];
@@ -132,14 +134,18 @@ pub(crate) fn assign(
         }
         size[p as usize] += 1;
         if let Some(&q) = prev.owner.get(&g.key(n)) {
-            *overlap.entry((p, q)).or_insert(0) += 1;
+            pairs.push(u64::from(p) << 32 | u64::from(q));
         }
     }
     // Heir of every previous person; the components each one reached.
     let mut heir: HashMap<u32, (u32, u32)> = HashMap::new();
     let mut reached: HashMap<u32, Vec<u32>> = HashMap::new();
-    let mut entries: Vec<((u32, u32), u32)> = overlap.into_iter().collect();
-    entries.sort_unstable();
+    pairs.sort_unstable();
+    let entries: Vec<((u32, u32), u32)> = pairs
+        .chunk_by(|a, b| a == b)
+        .map(|run| (((run[0] >> 32) as u32, run[0] as u32), run.len() as u32))
+        .collect();
+    drop(pairs);
     for &((p, q), count) in &entries {
         reached.entry(q).or_default().push(p);
         let better = match heir.get(&q) {
