@@ -205,7 +205,8 @@ struct CappedUnionFind {
     stride: usize,
 }
 
-/// Words before a record's counts.
+/// A record's rank word, and the words before its counts.
+const RANK: usize = 2;
 const HEAD: usize = 3;
 
 impl CappedUnionFind {
@@ -253,10 +254,10 @@ impl CappedUnionFind {
     /// Links roots `a` and `b` and adds up their counts; returns the new root.
     fn link(&mut self, a: u32, b: u32) -> u32 {
         let (ia, ib) = (a as usize * self.stride, b as usize * self.stride);
-        let (ra, rb) = (self.rec[ia + 2], self.rec[ib + 2]);
+        let (ra, rb) = (self.rec[ia + RANK], self.rec[ib + RANK]);
         let (root, child) = if ra < rb { (b, a) } else { (a, b) };
         if ra == rb {
-            self.rec[ia + 2] += 1;
+            self.rec[ia + RANK] += 1;
         }
         self.set_parent(child, root);
         let (ir, ic) = (root as usize * self.stride, child as usize * self.stride);

@@ -166,7 +166,11 @@ impl Graph {
     /// The node of `(kind, value)`, if seen.
     #[cfg(test)]
     pub fn find(&self, kind: &str, value: &str) -> Option<u32> {
-        let key = key128(kind, value);
+        self.node_of(key128(kind, value))
+    }
+
+    /// The node whose [`key128`] is `key`, if seen.
+    fn node_of(&self, key: u128) -> Option<u32> {
         let (lo, hi) = (key as u64, (key >> 64) as u64);
         self.index
             .find(lo, |&(l, h, _)| (l, h) == (lo, hi))
@@ -179,8 +183,7 @@ impl Graph {
     /// across runs: a probe touches the index and one key, never the strings.
     pub fn intern(&mut self, kind: &str, value: &str) -> u32 {
         let key = key128(kind, value);
-        let (lo, hi) = (key as u64, (key >> 64) as u64);
-        if let Some(&(_, _, n)) = self.index.find(lo, |&(l, h, _)| (l, h) == (lo, hi)) {
+        if let Some(n) = self.node_of(key) {
             return n;
         }
         let k = match self.kind_index.get(kind) {
@@ -199,6 +202,7 @@ impl Graph {
         self.hashes.push(key_hash(kind, value));
         self.keys.push(key);
         self.seen.push((i64::MAX, i64::MIN));
+        let (lo, hi) = (key as u64, (key >> 64) as u64);
         self.index.insert_unique(lo, (lo, hi, n), |&(l, _, _)| l);
         n
     }
