@@ -25,7 +25,7 @@ const VERSION: u32 = 1;
 const MAX_BITMAP_BYTES: u64 = 1 << 34;
 
 /// A comparison of each person's value with a constant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Compare {
     /// `value = c`
     Eq,
@@ -335,8 +335,10 @@ impl Bsi {
     }
 
     /// `(value < c, value = c, value > c)` among the persons of `start`
-    /// (members with a value), by one walk down the bit slices; the `<`
-    /// and `>` parts are only gathered when `op` needs them.
+    /// (members with a value), by one walk down the bit slices, as far as
+    /// `op` needs them: the `<` and `>` parts are only gathered when `op`
+    /// uses them, and the walk may stop early with the persons `op` keeps
+    /// already placed in a part it uses (so only `op`'s union is exact).
     fn split_from(
         &self,
         start: RoaringBitmap,
@@ -357,6 +359,20 @@ impl Bsi {
         for (bit, slice) in self.slices.iter().enumerate().rev() {
             if eq.is_empty() {
                 break;
+            }
+            // Once `c`'s remaining bits cannot move anyone out of the part
+            // `op` keeps, the walk is done: with only zeros left, no one
+            // still equal can fall below `c` (`>=` keeps them all, `<` none);
+            // with only ones left, no one can rise above it (`<=` keeps them
+            // all, `>` none). `eq` is then what `op` takes it as.
+            let rest = c & (u64::MAX >> (63 - bit));
+            let all_ones = rest == u64::MAX >> (63 - bit);
+            match op {
+                Compare::Ge if rest == 0 => return (lt, empty(), gt | eq),
+                Compare::Lt if rest == 0 => return (lt, empty(), gt),
+                Compare::Le if all_ones => return (lt | eq, empty(), gt),
+                Compare::Gt if all_ones => return (lt, empty(), gt),
+                _ => {}
             }
             if (c >> bit) & 1 == 1 {
                 if want_lt {

@@ -31,8 +31,9 @@ pub(crate) struct SegmentState {
     lock: tokio::sync::Mutex<()>,
     /// `person_id` by ordinal, with the OneID run it was read after.
     person_ids: RwLock<Option<(u64, PersonIds)>>,
-    /// Window results of the loaded index version.
-    windows: super::WindowCache,
+    /// Kept leaf results (windows, numeric comparisons) of the loaded index
+    /// version.
+    kept: super::KeptResults,
 }
 
 /// `person_id` by ordinal (`None`: never used).
@@ -217,8 +218,8 @@ impl Workspace {
             (None, None) => crate::store::now_micros(),
         };
         let started = Instant::now();
-        let windows = &self.segment_state().windows;
-        let members = super::evaluate_cached(&e, &index, now.div_euclid(DAY_US) as i32, windows)?;
+        let kept = &self.segment_state().kept;
+        let members = super::evaluate_cached(&e, &index, now.div_euclid(DAY_US) as i32, kept)?;
         Ok(Audience {
             members,
             persons: index.live.len(),

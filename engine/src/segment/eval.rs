@@ -12,9 +12,16 @@
 //!   its per-value bitmaps (`!=` and `NOT IN`: persons with some other value);
 //! - comparisons and `BETWEEN` on a numeric trait run on its bit-sliced
 //!   index, the literal scaled to the trait's decimals;
-//! - `did(...)` sums the per-day behaviour counts of the window.
+//! - `did(...)` sums the per-day behaviour counts of the window;
+//! - a server keeps the members over all live persons of each at-least
+//!   window and each numeric comparison per index version
+//!   ([`KeptResults`]): the first question pays for the leaf over everyone,
+//!   later ones (any scope) intersect one bitmap. Operands that are whole
+//!   bitmaps (tags, enumerated values, kept leaves) are combined in place,
+//!   the first two with each other before the scope.
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use roaring::RoaringBitmap;
@@ -59,69 +66,116 @@ pub fn evaluate(e: &Expr, index: &IndexSet, now_day: i32) -> Result<RoaringBitma
     Eval {
         index,
         now_day,
-        windows: None,
+        kept: None,
     }
     .eval(e, &index.live)
 }
 
-/// [`evaluate`], keeping each `did(...) >= n` window's members over all live
-/// persons in `windows`, so later questions over the same window and index
-/// version (any scope) intersect one bitmap instead of summing the window
-/// again.
+/// [`evaluate`], keeping the members over all live persons of each
+/// `did(...) >= n` window and each numeric comparison in `kept`, so later
+/// questions over the same leaf and index version (any scope) intersect one
+/// bitmap instead of summing the window or walking the bit slices again.
 pub(crate) fn evaluate_cached(
     e: &Expr,
     index: &IndexSet,
     now_day: i32,
-    windows: &WindowCache,
+    kept: &KeptResults,
 ) -> Result<RoaringBitmap> {
     Eval {
         index,
         now_day,
-        windows: Some(windows),
+        kept: Some(kept),
     }
     .eval(e, &index.live)
 }
 
-/// (index version, behaviour key, first day, last day, at least n).
-type WindowKey = (u64, BehaviourKey, i32, i32, u64);
-
-/// Members of `did(key) >= n` over a window, all live persons, per index
-/// version: at most [`WindowCache::CAPACITY`] windows, dropped together
-/// when full or when the index version changes.
-#[derive(Debug, Default)]
-pub(crate) struct WindowCache {
-    map: parking_lot::Mutex<std::collections::HashMap<WindowKey, std::sync::Arc<RoaringBitmap>>>,
+/// A leaf whose members over all live persons can be kept.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Leaf {
+    /// `did(key) >= n` over the days `first..=last`.
+    Window(BehaviourKey, i32, i32, u64),
+    /// A numeric trait compared with a scaled constant.
+    Number(String, Compare, i64),
 }
 
-impl WindowCache {
-    const CAPACITY: usize = 512;
+/// Members of leaves (windows, numeric comparisons) over all live persons,
+/// per index version: at most [`KeptResults::CAPACITY`] bitmaps and
+/// [`KeptResults::BUDGET`] bytes, dropped together when either is exceeded
+/// or when the index version changes.
+#[derive(Debug, Default)]
+pub(crate) struct KeptResults {
+    map: parking_lot::Mutex<Kept>,
+}
 
-    fn get(&self, key: &WindowKey) -> Option<std::sync::Arc<RoaringBitmap>> {
-        self.map.lock().get(key).cloned()
+#[derive(Debug, Default)]
+struct Kept {
+    version: u64,
+    bytes: usize,
+    bitmaps: std::collections::HashMap<Leaf, Arc<RoaringBitmap>>,
+}
+
+impl KeptResults {
+    const CAPACITY: usize = 512;
+    /// Serialized bytes of the kept bitmaps (about their size in memory).
+    const BUDGET: usize = 256 << 20;
+
+    fn get(&self, version: u64, leaf: &Leaf) -> Option<Arc<RoaringBitmap>> {
+        let kept = self.map.lock();
+        (kept.version == version)
+            .then(|| kept.bitmaps.get(leaf).cloned())
+            .flatten()
     }
 
     fn get_or_insert(
         &self,
-        key: WindowKey,
+        version: u64,
+        leaf: Leaf,
         compute: impl FnOnce() -> Result<RoaringBitmap>,
-    ) -> Result<std::sync::Arc<RoaringBitmap>> {
-        if let Some(b) = self.map.lock().get(&key) {
-            return Ok(b.clone());
+    ) -> Result<Arc<RoaringBitmap>> {
+        if let Some(b) = self.get(version, &leaf) {
+            return Ok(b);
         }
-        let b = std::sync::Arc::new(compute()?);
-        let mut map = self.map.lock();
-        if map.len() >= Self::CAPACITY || map.keys().next().is_some_and(|k| k.0 != key.0) {
-            map.clear();
+        let b = Arc::new(compute()?);
+        let size = b.serialized_size();
+        let mut kept = self.map.lock();
+        if kept.version != version
+            || kept.bitmaps.len() >= Self::CAPACITY
+            || kept.bytes + size > Self::BUDGET
+        {
+            *kept = Kept {
+                version,
+                ..Kept::default()
+            };
         }
-        map.insert(key, b.clone());
+        if size <= Self::BUDGET && kept.bitmaps.insert(leaf, b.clone()).is_none() {
+            kept.bytes += size;
+        }
         Ok(b)
+    }
+}
+
+/// A leaf's members, not confined to any scope: a bitmap of the index, or
+/// one kept over all live persons.
+enum Whole<'a> {
+    Index(&'a RoaringBitmap),
+    Kept(Arc<RoaringBitmap>),
+}
+
+impl std::ops::Deref for Whole<'_> {
+    type Target = RoaringBitmap;
+
+    fn deref(&self) -> &RoaringBitmap {
+        match self {
+            Whole::Index(b) => b,
+            Whole::Kept(b) => b,
+        }
     }
 }
 
 struct Eval<'a> {
     index: &'a IndexSet,
     now_day: i32,
-    windows: Option<&'a WindowCache>,
+    kept: Option<&'a KeptResults>,
 }
 
 impl Eval<'_> {
@@ -129,6 +183,9 @@ impl Eval<'_> {
     /// evaluating (the order `AND` evaluates its operands in).
     fn estimate(&self, e: &Expr) -> u64 {
         let live = self.index.live.len();
+        if let Some(b) = self.peek(e) {
+            return b.len();
+        }
         match e {
             Expr::And { args } => args.iter().map(|a| self.estimate(a)).min().unwrap_or(live),
             Expr::Or { args } => args
@@ -160,33 +217,110 @@ impl Eval<'_> {
             Expr::Compare { field, .. } | Expr::Between { field, .. } => {
                 self.index.numbers.get(field).map_or(live, |n| n.bsi.len())
             }
-            Expr::Did(d) => self.kept_window(d).map_or(live, |b| b.len()),
             _ => live,
         }
     }
 
-    /// The kept members of `d`'s window over all live persons, when `d` is
-    /// an at-least question whose window an earlier question kept.
-    fn kept_window(&self, d: &Did) -> Option<std::sync::Arc<RoaringBitmap>> {
-        let n = match d.count.unwrap_or((Cmp::Ge, 1)) {
-            (Cmp::Ge, n) => n.max(1),
-            (Cmp::Gt, n) => n + 1,
-            _ => return None,
+    /// The keepable leaf `e` is, if it is one: an at-least window
+    /// (`did(...) >= n`, n ≥ 1) or a numeric trait compared with a number
+    /// (`<`, `<=`, `=`, `>=`, `>`; an `=` that no stored value can meet is
+    /// not one).
+    fn leaf(&self, e: &Expr) -> Option<Leaf> {
+        match e {
+            Expr::Did(d) => {
+                let n = at_least(d)?;
+                let days = self.window(d.window);
+                let key = BehaviourKey::new(&d.event_type, d.filters.clone());
+                Some(Leaf::Window(key, *days.start(), *days.end(), n))
+            }
+            Expr::Compare { field, cmp, value } => {
+                let n = self.index.numbers.get(field)?;
+                let (op, c) = number_op(field, *cmp, value, n.scale).ok()??;
+                Some(Leaf::Number(field.clone(), op, c))
+            }
+            _ => None,
+        }
+    }
+
+    /// `e`'s kept members over all live persons, if an earlier question
+    /// kept them (nothing is computed).
+    fn peek(&self, e: &Expr) -> Option<Arc<RoaringBitmap>> {
+        self.kept?.get(self.index.version, &self.leaf(e)?)
+    }
+
+    /// `leaf`'s members over all live persons, kept (computed now if no
+    /// earlier question kept them); `None` without a place to keep them or
+    /// when the index has nothing for the leaf (the general path reports or
+    /// answers that).
+    fn keep(&self, leaf: Leaf) -> Result<Option<Arc<RoaringBitmap>>> {
+        let Some(kept) = self.kept else {
+            return Ok(None);
         };
-        let days = self.window(d.window);
-        let key = BehaviourKey::new(&d.event_type, d.filters.clone());
-        self.windows?
-            .get(&(self.index.version, key, *days.start(), *days.end(), n))
+        let (index, version) = (self.index, self.index.version);
+        match &leaf {
+            Leaf::Window(key, first, last, n) => {
+                let Some(counts) = index.behaviour.get(key) else {
+                    return Ok(None);
+                };
+                let (days, n) = (*first..=*last, *n);
+                kept.get_or_insert(version, leaf, || counts.at_least_in(days, n, &index.live))
+                    .map(Some)
+            }
+            Leaf::Number(field, op, c) => {
+                let Some(num) = index.numbers.get(field) else {
+                    return Ok(None);
+                };
+                let (op, c) = (*op, *c);
+                kept.get_or_insert(version, leaf, || Ok(num.bsi.compare_in(op, c, &index.live)))
+                    .map(Some)
+            }
+        }
+    }
+
+    /// `e`'s members without confining them to a scope, when that costs no
+    /// bitmap operation: a boolean tag, one value of an enumerated field,
+    /// or a kept leaf (computed now if new).
+    fn whole(&self, e: &Expr) -> Result<Option<Whole<'_>>> {
+        let value = match e {
+            Expr::Tag { name } => return Ok(self.index.tags.get(name).map(Whole::Index)),
+            Expr::Compare {
+                field,
+                cmp: Cmp::Eq,
+                value,
+            } if self.index.enums.contains_key(field) => Some((field, value)),
+            Expr::In {
+                field,
+                values,
+                negated: false,
+            } if values.len() == 1 && self.index.enums.contains_key(field) => {
+                Some((field, &values[0]))
+            }
+            _ => None,
+        };
+        if let Some((field, value)) = value {
+            return Ok(self
+                .index
+                .enums
+                .get(field)
+                .and_then(|m| m.get(&literal_text(value)))
+                .map(Whole::Index));
+        }
+        match self.leaf(e) {
+            Some(leaf) => Ok(self.keep(leaf)?.map(Whole::Kept)),
+            None => Ok(None),
+        }
     }
 
     /// Whether `e` costs more than a few bitmap operations: a bit-slice walk
     /// (numeric comparisons) or a window sum (`did` counts above one) that
     /// no earlier question kept.
     fn costly(&self, e: &Expr) -> bool {
+        if self.peek(e).is_some() {
+            return false;
+        }
         match e {
             Expr::Compare { field, .. } => self.index.numbers.contains_key(field),
             Expr::Between { .. } => true,
-            Expr::Did(d) if self.kept_window(d).is_some() => false,
             Expr::Did(d) => !matches!(
                 d.count.unwrap_or((Cmp::Ge, 1)),
                 (Cmp::Ge, 0 | 1) | (Cmp::Gt, 0) | (Cmp::Eq, 0) | (Cmp::Lt, 0 | 1) | (Cmp::Le, 0)
@@ -202,30 +336,7 @@ impl Eval<'_> {
     /// than it has to.
     fn eval(&self, e: &Expr, scope: &RoaringBitmap) -> Result<RoaringBitmap> {
         match e {
-            Expr::And { args } => {
-                // Cheap operands before costly ones (bit-slice walks, window
-                // sums), so those run on what is left; within each, positive
-                // operands smallest first, each within what the ones before
-                // left, then every `NOT x` as a difference.
-                let mut steps: Vec<(bool, bool, u64, &Expr)> = args
-                    .iter()
-                    .map(|a| match a {
-                        Expr::Not { arg } => (self.costly(arg), true, 0, &**arg),
-                        other => (self.costly(other), false, self.estimate(other), other),
-                    })
-                    .collect();
-                steps.sort_by_key(|&(costly, negated, size, _)| (costly, negated, size));
-                let mut acc: Option<RoaringBitmap> = None;
-                for (_, negated, _, a) in steps {
-                    let within = acc.as_ref().unwrap_or(scope);
-                    if within.is_empty() {
-                        break;
-                    }
-                    let hit = self.eval(a, within)?;
-                    acc = Some(if negated { within - hit } else { hit });
-                }
-                Ok(acc.unwrap_or_else(|| scope.clone()))
-            }
+            Expr::And { args } => self.and(args, scope),
             Expr::Or { args } => {
                 let mut acc = RoaringBitmap::new();
                 for a in args {
@@ -261,8 +372,8 @@ impl Eval<'_> {
                 Ok(if lo > hi {
                     RoaringBitmap::new()
                 } else {
-                    n.bsi.compare_in(Compare::Ge, lo, scope)
-                        & n.bsi.compare_in(Compare::Le, hi, scope)
+                    self.number(field, n, Compare::Ge, lo, scope)?
+                        & self.number(field, n, Compare::Le, hi, scope)?
                 })
             }
             Expr::Did(d) => self.did(d, scope),
@@ -271,6 +382,65 @@ impl Eval<'_> {
                 format!("unknown saved segment `{name}`"),
             )),
         }
+    }
+
+    /// `AND` within `scope`: cheap operands before costly ones (bit-slice
+    /// walks, window sums), so those run on what is left; within each,
+    /// positive operands smallest first, then every `NOT x` as a difference.
+    /// Operands that are whole bitmaps (tags, enumerated values, kept
+    /// leaves) are intersected or subtracted in place, and the first two of
+    /// them with each other before the scope: one operation each, with no
+    /// copy of an operand.
+    fn and(&self, args: &[Expr], scope: &RoaringBitmap) -> Result<RoaringBitmap> {
+        let mut steps: Vec<(bool, bool, u64, &Expr)> = args
+            .iter()
+            .map(|a| match a {
+                Expr::Not { arg } => (self.costly(arg), true, 0, &**arg),
+                other => (self.costly(other), false, self.estimate(other), other),
+            })
+            .collect();
+        steps.sort_by_key(|&(costly, negated, size, _)| (costly, negated, size));
+        // The members so far (within `scope`), or the first whole operand
+        // not yet confined to it.
+        let mut acc: Option<RoaringBitmap> = None;
+        let mut first: Option<Whole<'_>> = None;
+        for (_, negated, _, a) in steps {
+            if !negated && let Some(w) = self.whole(a)? {
+                match (&mut acc, first.take()) {
+                    (Some(acc), _) => *acc &= &*w,
+                    (None, None) => first = Some(w),
+                    (None, Some(f)) => {
+                        let mut both = &*f & &*w;
+                        both &= scope;
+                        acc = Some(both);
+                    }
+                }
+                if acc.as_ref().is_some_and(RoaringBitmap::is_empty) {
+                    break;
+                }
+                continue;
+            }
+            if let Some(f) = first.take() {
+                acc = Some(&*f & scope);
+            }
+            let within = acc.as_ref().unwrap_or(scope);
+            if within.is_empty() {
+                break;
+            }
+            if negated && let Some(w) = self.whole(a)? {
+                let mut rest = acc.take().unwrap_or_else(|| scope.clone());
+                rest -= &*w;
+                acc = Some(rest);
+                continue;
+            }
+            let hit = self.eval(a, within)?;
+            acc = Some(if negated { within - hit } else { hit });
+        }
+        Ok(match (acc, first) {
+            (Some(acc), _) => acc,
+            (None, Some(f)) => &*f & scope,
+            (None, None) => scope.clone(),
+        })
     }
 
     fn tag(&self, name: &str) -> Result<&RoaringBitmap> {
@@ -340,27 +510,19 @@ impl Eval<'_> {
         value: &Literal,
         scope: &RoaringBitmap,
     ) -> Result<RoaringBitmap> {
-        if self.index.numbers.contains_key(field) {
-            let n = self.numeric(field)?;
-            let (op, c) = match cmp {
-                Cmp::Eq | Cmp::Ne => {
-                    let exact = scaled(field, value, n.scale, Rounding::Exact)?;
-                    let eq = match exact {
-                        Some(c) => n.bsi.compare_in(Compare::Eq, c, scope),
+        if let Some(n) = self.index.numbers.get(field) {
+            return Ok(match number_op(field, cmp, value, n.scale)? {
+                Some((op, c)) => self.number(field, n, op, c, scope)?,
+                None if cmp == Cmp::Ne => {
+                    let eq = match scaled(field, value, n.scale, Rounding::Exact)? {
+                        Some(c) => self.number(field, n, Compare::Eq, c, scope)?,
                         None => RoaringBitmap::new(),
                     };
-                    return Ok(if cmp == Cmp::Eq {
-                        eq
-                    } else {
-                        (n.bsi.exists() & scope) - eq
-                    });
+                    (n.bsi.exists() & scope) - eq
                 }
-                Cmp::Ge => (Compare::Ge, bound(field, value, n.scale, Rounding::Up)?),
-                Cmp::Gt => (Compare::Gt, bound(field, value, n.scale, Rounding::Down)?),
-                Cmp::Le => (Compare::Le, bound(field, value, n.scale, Rounding::Down)?),
-                Cmp::Lt => (Compare::Lt, bound(field, value, n.scale, Rounding::Up)?),
-            };
-            return Ok(n.bsi.compare_in(op, c, scope));
+                // `=` a value with more decimals than the trait keeps.
+                None => RoaringBitmap::new(),
+            });
         }
         let by_value = self.enumerated(field)?;
         let text = literal_text(value);
@@ -412,20 +574,9 @@ impl Eval<'_> {
         let days = self.window(d.window);
         let at_least = |n: u64| -> Result<RoaringBitmap> {
             let n = n.max(1);
-            match self.windows {
-                Some(cache) => {
-                    let key = (
-                        self.index.version,
-                        key.clone(),
-                        *days.start(),
-                        *days.end(),
-                        n,
-                    );
-                    let all = cache.get_or_insert(key, || {
-                        counts.at_least_in(days.clone(), n, &self.index.live)
-                    })?;
-                    Ok(&*all & scope)
-                }
+            let leaf = Leaf::Window(key.clone(), *days.start(), *days.end(), n);
+            match self.keep(leaf)? {
+                Some(all) => Ok(&*all & scope),
                 None => counts.at_least_in(days.clone(), n, scope),
             }
         };
@@ -452,6 +603,24 @@ impl Eval<'_> {
                 };
                 scope - eq
             }
+        })
+    }
+
+    /// The persons of `scope` whose value of the numeric trait `field`
+    /// compares to `c` as `op` says: from the kept comparison over all live
+    /// persons when there is a place to keep it, else by a bit-slice walk
+    /// within `scope`.
+    fn number(
+        &self,
+        field: &str,
+        n: &NumericIndex,
+        op: Compare,
+        c: i64,
+        scope: &RoaringBitmap,
+    ) -> Result<RoaringBitmap> {
+        Ok(match self.keep(Leaf::Number(field.to_string(), op, c))? {
+            Some(all) => &*all & scope,
+            None => n.bsi.compare_in(op, c, scope),
         })
     }
 
@@ -483,6 +652,33 @@ fn literal_text(v: &Literal) -> String {
         Literal::String(s) => s.clone(),
         Literal::Number(n) => n.to_string(),
     }
+}
+
+/// The `n` of a `did(...)` that asks for at least `n` (≥ 1) events.
+fn at_least(d: &Did) -> Option<u64> {
+    match d.count.unwrap_or((Cmp::Ge, 1)) {
+        (Cmp::Ge, n) if n >= 1 => Some(n),
+        (Cmp::Gt, n) => n.checked_add(1),
+        _ => None,
+    }
+}
+
+/// A numeric comparison as the bit-sliced index runs it: the operator and
+/// the literal scaled to the trait's decimals (rounded so that, e.g.,
+/// `x >= 9.999` at scale 2 is `x >= 10.00`). `None` for `!=`, and for an `=`
+/// whose literal has more decimals than the trait (no value is equal).
+fn number_op(field: &str, cmp: Cmp, value: &Literal, scale: u8) -> Result<Option<(Compare, i64)>> {
+    Ok(Some(match cmp {
+        Cmp::Eq => match scaled(field, value, scale, Rounding::Exact)? {
+            Some(c) => (Compare::Eq, c),
+            None => return Ok(None),
+        },
+        Cmp::Ne => return Ok(None),
+        Cmp::Ge => (Compare::Ge, bound(field, value, scale, Rounding::Up)?),
+        Cmp::Gt => (Compare::Gt, bound(field, value, scale, Rounding::Down)?),
+        Cmp::Le => (Compare::Le, bound(field, value, scale, Rounding::Down)?),
+        Cmp::Lt => (Compare::Lt, bound(field, value, scale, Rounding::Up)?),
+    }))
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -26,7 +26,7 @@ pub(crate) use audience::SegmentState;
 pub use audience::{
     Audience, AudienceOptions, Breakdown, BreakdownRow, IdHash, Overlap, SnapshotDiff, SplitGroup,
 };
-pub(crate) use eval::{WindowCache, evaluate_cached};
+pub(crate) use eval::{KeptResults, evaluate_cached};
 pub use eval::{day_number, evaluate, near};
 pub use parse::{ParseError, parse};
 pub use saved::{SavedSegment, SnapshotInfo};

@@ -278,8 +278,8 @@ proptest! {
             .map(|(o, _)| o as u32)
             .collect();
         prop_assert_eq!(&got, &want, "{}", e);
-        // With the window cache: cold, then warm.
-        let cache = super::WindowCache::default();
+        // With kept leaf results: cold, then warm.
+        let cache = super::KeptResults::default();
         for _ in 0..2 {
             prop_assert_eq!(&super::evaluate_cached(&e, &set, NOW, &cache).expect("evaluates"), &want);
         }
