@@ -226,7 +226,7 @@ async fn over_grpc(url: &str, now_ms: i64, runs: usize) -> anyhow::Result<Vec<Ro
             system: "Quiver gRPC".into(),
             question,
             note: format!(
-                "server-side p50 {:.3} ms; first call {cold:.3} ms (window results not yet kept)",
+                "server-side p50 {:.3} ms; first call {cold:.3} ms (leaf results not yet kept)",
                 timing(server).p50
             ),
             timing: timing(wall),
@@ -304,7 +304,7 @@ async fn in_process(data: &Path, now_ms: i64, runs: usize) -> anyhow::Result<(Ve
             timing: timing(ms),
             answer,
             note: format!(
-                "Workspace::audience on the loaded index; first call {cold:.3} ms (window results not yet kept)"
+                "Workspace::audience on the loaded index; first call {cold:.3} ms (leaf results not yet kept)"
             ),
         });
     }
@@ -314,7 +314,7 @@ async fn in_process(data: &Path, now_ms: i64, runs: usize) -> anyhow::Result<(Ve
     for i in 0..=runs {
         let t = Instant::now();
         let b = ws.breakdown(&e, "city", &[], opts)?;
-        // (Q2's windows are kept from the Q2 runs above.)
+        // (Q2's leaves are kept from the Q2 runs above.)
         let took: Duration = t.elapsed();
         if i > 0 {
             ms.push(took.as_secs_f64() * 1000.0);
@@ -355,7 +355,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&bitmaps)?;
     let mut rows = {
         let server = Server::start(&bin, &data)?;
-        // Timed first, while the server has kept no window results.
+        // Timed first, while the server has kept no leaf results.
         let rows = over_grpc(&server.url, now_ms, args.runs).await?;
         let cities = cli_json(
             &server,
