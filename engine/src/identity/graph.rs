@@ -397,9 +397,13 @@ mod tests {
         assert_eq!(edge_ends(edge_key(b, a)), (a, b));
     }
 
-    /// Links by their ends' content, with event counts: what a graph means,
+    /// A link by its ends' keys, with its event count and both ends' first
+    /// and last seen times.
+    type Meaning = ((u128, u128), u32, (i64, i64), (i64, i64));
+
+    /// Every link of `g` as a [`Meaning`], sorted: what a graph says,
     /// whatever its node numbers.
-    fn meaning(g: &Graph) -> Vec<((u128, u128), u32, (i64, i64), (i64, i64))> {
+    fn meaning(g: &Graph) -> Vec<Meaning> {
         let mut out: Vec<_> = g
             .edges
             .iter()
