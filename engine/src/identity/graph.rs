@@ -182,18 +182,7 @@ impl Graph {
     /// Nodes are found by their 128-bit content key alone, as values are
     /// across runs: a probe touches the index and one key, never the strings.
     pub fn intern(&mut self, kind: &str, value: &str) -> u32 {
-        self.intern_keyed(key128(kind, value), kind, value, || key_hash(kind, value))
-    }
-
-    /// [`Graph::intern`] with the node's [`key128`] given, and its
-    /// [`key_hash`] computed only for a new node.
-    fn intern_keyed(
-        &mut self,
-        key: u128,
-        kind: &str,
-        value: &str,
-        hash: impl FnOnce() -> u64,
-    ) -> u32 {
+        let key = key128(kind, value);
         if let Some(n) = self.node_of(key) {
             return n;
         }
@@ -210,40 +199,12 @@ impl Graph {
         self.kind_of.push(k);
         self.arena.push_str(value);
         self.ends.push(self.arena.len());
-        self.hashes.push(hash());
+        self.hashes.push(key_hash(kind, value));
         self.keys.push(key);
         self.seen.push((i64::MAX, i64::MIN));
         let (lo, hi) = (key as u64, (key >> 64) as u64);
         self.index.insert_unique(lo, (lo, hi, n), |&(l, _, _)| l);
         n
-    }
-
-    /// Adds everything `other` holds (built from other events): its nodes
-    /// with their first and last seen times, its links with their event
-    /// counts, its counters and touched nodes. The result is the graph of
-    /// both sets of events; only node numbers (arrival order) differ from
-    /// reading them in one pass, and nothing decides by those.
-    pub fn absorb(&mut self, other: Graph) {
-        let map: Vec<u32> = (0..other.len() as u32)
-            .map(|n| {
-                let i = n as usize;
-                let m = self.intern_keyed(other.keys[i], other.kind(n), other.value(n), || {
-                    other.hashes[i]
-                });
-                let (first, last) = other.seen[i];
-                let seen = &mut self.seen[m as usize];
-                *seen = (seen.0.min(first), seen.1.max(last));
-                m
-            })
-            .collect();
-        for (key, stat) in other.edges {
-            let (a, b) = edge_ends(key);
-            self.add_link(map[a as usize], map[b as usize], stat.events);
-        }
-        self.blocked += other.blocked;
-        self.events += other.events;
-        self.touched
-            .extend(other.touched.iter().map(|&n| map[n as usize]));
     }
 
     /// Adds a node with its first and last seen times (as a snapshot holds it).
@@ -395,57 +356,6 @@ mod tests {
         assert_eq!(g.edges[&edge_key(a, b)].events, 2);
         assert_eq!((g.first_seen(a), g.last_seen(a)), (5, 10));
         assert_eq!(edge_ends(edge_key(b, a)), (a, b));
-    }
-
-    /// A link by its ends' keys, with its event count and both ends' first
-    /// and last seen times.
-    type Meaning = ((u128, u128), u32, (i64, i64), (i64, i64));
-
-    /// Every link of `g` as a [`Meaning`], sorted: what a graph says,
-    /// whatever its node numbers.
-    fn meaning(g: &Graph) -> Vec<Meaning> {
-        let mut out: Vec<_> = g
-            .edges
-            .iter()
-            .map(|(&k, s)| {
-                let (a, b) = edge_ends(k);
-                let (a, b) = if g.key(a) <= g.key(b) { (a, b) } else { (b, a) };
-                let seen = |n: u32| (g.first_seen(n), g.last_seen(n));
-                ((g.key(a), g.key(b)), s.events, seen(a), seen(b))
-            })
-            .collect();
-        out.sort_unstable();
-        out
-    }
-
-    #[test]
-    fn absorbing_a_graph_equals_reading_both_event_sets() {
-        let events: Vec<(Vec<(&str, String)>, i64)> = (0..200)
-            .map(|i| {
-                let ids = vec![
-                    ("phone", format!("p{}", i % 37)),
-                    ("email", format!("e{}", i % 23)),
-                    ("device", format!("d{}", i % 11)),
-                ];
-                (ids, i64::from(i) * 7 % 101)
-            })
-            .collect();
-        let add = |g: &mut Graph, (ids, t): &(Vec<(&str, String)>, i64)| {
-            let mut nodes: Vec<u32> = ids.iter().map(|(k, v)| g.intern(k, v)).collect();
-            g.add_event(&mut nodes, *t);
-        };
-        let mut whole = Graph::default();
-        events.iter().for_each(|e| add(&mut whole, e));
-        let (mut a, mut b) = (Graph::default(), Graph::default());
-        events[..90].iter().for_each(|e| add(&mut a, e));
-        events[90..].iter().rev().for_each(|e| add(&mut b, e));
-        a.absorb(b);
-        assert_eq!(a.len(), whole.len());
-        assert_eq!(a.events, whole.events);
-        assert_eq!(meaning(&a), meaning(&whole));
-        for n in 0..a.len() as u32 {
-            assert_eq!(a.key_hash(n), key_hash(a.kind(n), a.value(n)));
-        }
     }
 
     #[test]

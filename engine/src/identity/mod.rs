@@ -190,7 +190,28 @@ impl Workspace {
                 g.events -= before;
                 g
             }
-            None => read_graph(&table, &compiled, progress).await?,
+            None => {
+                let mut g = graph::Graph::default();
+                let ctx = datafusion::prelude::SessionContext::new_with_config(
+                    crate::store::session_config(),
+                );
+                let df = ctx
+                    .read_table(crate::store::table_provider(&table).await?)?
+                    .select_columns(&["event_time", "identifiers"])?;
+                let mut stream = df.execute_stream().await?;
+                let mut next_report = 0u64;
+                while let Some(batch) = stream.next().await {
+                    g.add_batch(&batch?, &compiled)?;
+                    if g.events >= next_report {
+                        progress(Progress {
+                            phase: "read",
+                            done: g.events,
+                        });
+                        next_report = g.events + 1_000_000;
+                    }
+                }
+                g
+            }
         };
         progress(Progress {
             phase: "read",
@@ -412,59 +433,6 @@ impl Workspace {
         tracing::info!(ws = %self.name(), run, dry_run = opts.dry_run, incremental, events = report.events, touched = report.touched_identifiers, persons = report.persons, merges = report.merges, splits = report.splits, quarantined = report.quarantined_count, refused = report.refused_count, elapsed_ms = report.elapsed.as_millis() as u64, "identity resolved");
         Ok(report)
     }
-}
-
-/// The graph of every event of `table`: each partition of the scan (one per
-/// core) builds its own graph from its share of the files, and the graphs
-/// are merged (nothing in the result depends on which events a part read).
-async fn read_graph(
-    table: &deltalake_core::DeltaTable,
-    compiled: &rules::CompiledRules,
-    progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<graph::Graph> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let ctx = datafusion::prelude::SessionContext::new_with_config(crate::store::session_config());
-    let df = ctx
-        .read_table(crate::store::table_provider(table).await?)?
-        .select_columns(&["event_time", "identifiers"])?;
-    let read = std::sync::Arc::new(AtomicU64::new(0));
-    let mut parts = tokio::task::JoinSet::new();
-    for mut stream in df.execute_stream_partitioned().await? {
-        let (compiled, read) = (compiled.clone(), read.clone());
-        parts.spawn(async move {
-            let mut g = graph::Graph::default();
-            while let Some(batch) = stream.next().await {
-                let before = g.events;
-                g.add_batch(&batch?, &compiled)?;
-                read.fetch_add(g.events - before, Ordering::Relaxed);
-            }
-            Ok::<_, Error>(g)
-        });
-    }
-    let mut graphs = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            part = parts.join_next() => match part {
-                Some(part) => graphs.push(part.map_err(|e| {
-                    Error::Internal(format!("identity: a read task failed: {e}"))
-                })??),
-                None => break,
-            },
-            _ = tick.tick() => progress(Progress {
-                phase: "read",
-                done: read.load(Ordering::Relaxed),
-            }),
-        }
-    }
-    // Merge the smaller graphs into the largest.
-    graphs.sort_by_key(|g| std::cmp::Reverse(g.len()));
-    let mut graphs = graphs.into_iter();
-    let mut g = graphs.next().unwrap_or_default();
-    for other in graphs {
-        g.absorb(other);
-    }
-    Ok(g)
 }
 
 /// The nodes of every raw component (connected through any link, before
