@@ -69,6 +69,46 @@ pub struct DailyCounts {
     levels: Vec<Vec<Bsi>>,
 }
 
+/// One behaviour key's events as a scan reads them: the ordinal of each
+/// event's person, grouped by day. Four bytes per event, and each day's list
+/// grows on its own, so no list of all events is ever copied to grow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DayLists {
+    /// The day of `days[0]`.
+    first_day: i32,
+    /// Ordinals per day, in read order.
+    days: Vec<Vec<u32>>,
+}
+
+impl DayLists {
+    /// Adds one event of person `o` on `day`.
+    pub fn push(&mut self, day: i32, o: u32) {
+        if self.days.is_empty() {
+            self.first_day = day;
+        } else if day < self.first_day {
+            let n = (i64::from(self.first_day) - i64::from(day)) as usize;
+            self.days
+                .splice(0..0, std::iter::repeat_with(Vec::new).take(n));
+            self.first_day = day;
+        }
+        let i = (i64::from(day) - i64::from(self.first_day)) as usize;
+        if i >= self.days.len() {
+            self.days.resize_with(i + 1, Vec::new);
+        }
+        self.days[i].push(o);
+    }
+
+    /// Events held.
+    pub fn len(&self) -> usize {
+        self.days.iter().map(Vec::len).sum()
+    }
+
+    /// Whether no event was added.
+    pub fn is_empty(&self) -> bool {
+        self.days.iter().all(Vec::is_empty)
+    }
+}
+
 /// Appends `(ordinal, count)` of the sorted `ords` to `out`.
 fn runs(ords: &[u32], out: &mut Vec<(Ordinal, i64)>) {
     out.clear();
@@ -84,63 +124,108 @@ fn runs(ords: &[u32], out: &mut Vec<(Ordinal, i64)>) {
     }
 }
 
+/// The per-person sums of `parts` (each sorted by ordinal): merged in pairs,
+/// `log2(parts)` linear passes.
+fn merge_runs(mut parts: Vec<Vec<(Ordinal, i64)>>) -> Vec<(Ordinal, i64)> {
+    while parts.len() > 1 {
+        let mut next = Vec::with_capacity(parts.len().div_ceil(2));
+        let mut it = parts.into_iter();
+        while let Some(a) = it.next() {
+            match it.next() {
+                Some(b) => next.push(merge_two(&a, &b)),
+                None => next.push(a),
+            }
+        }
+        parts = next;
+    }
+    parts.pop().unwrap_or_default()
+}
+
+fn merge_two(a: &[(Ordinal, i64)], b: &[(Ordinal, i64)]) -> Vec<(Ordinal, i64)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push((a[i].0, a[i].1 + b[j].1));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
 impl DailyCounts {
     /// Builds the counts from one `(day, person)` pair per event.
     pub fn from_events(events: impl IntoIterator<Item = (i32, Ordinal)>) -> Result<Self> {
-        let pairs: Vec<(i32, u32)> = events.into_iter().map(|(d, o)| (d, o.0)).collect();
-        Self::from_pairs(&pairs)
+        let mut lists = DayLists::default();
+        for (d, o) in events {
+            lists.push(d, o.0);
+        }
+        Ok(Self::from_days(&lists))
     }
 
-    /// Builds the counts from `(day, ordinal)` pairs, one per event, in any
-    /// order: a counting sort by day, then each block's ordinals sorted and
-    /// run-length counted. No hashing, no bitmap additions.
+    /// Builds the counts from `(day, ordinal)` pairs, one per event, in any order.
     pub fn from_pairs(pairs: &[(i32, u32)]) -> Result<Self> {
-        let days = || pairs.iter().map(|p| p.0);
-        let (Some(first), Some(last)) = (days().min(), days().max()) else {
-            return Ok(DailyCounts::default());
-        };
-        let n_days = (i64::from(last) - i64::from(first) + 1) as usize;
-        // Counting sort by day: `start[d]..start[d + 1]` holds day d's ordinals.
-        let mut start = vec![0usize; n_days + 1];
-        for d in days() {
-            start[(d - first) as usize + 1] += 1;
+        Self::from_events(pairs.iter().map(|&(d, o)| (d, Ordinal(o))))
+    }
+
+    /// Builds the counts from a scan's per-day lists, in one pass over the
+    /// days: each day's ordinals are sorted and run-length counted once; a
+    /// block's per-person sums are its (at most 8) children's merged, built
+    /// as soon as its last child is, so only one open block per level is
+    /// held. No hashing, no bitmap additions, no second sort of an event.
+    pub fn from_days(lists: &DayLists) -> Self {
+        let n_days = lists.days.len();
+        if n_days == 0 {
+            return DailyCounts::default();
         }
-        for i in 0..n_days {
-            start[i + 1] += start[i];
+        // Blocks per level, down to the level with one.
+        let mut blocks = vec![n_days];
+        while blocks[blocks.len() - 1] > 1 {
+            let b = blocks[blocks.len() - 1].div_ceil(FAN_OUT);
+            blocks.push(b);
         }
-        let mut fill = start.clone();
-        let mut by_day = vec![0u32; pairs.len()];
-        for &(d, o) in pairs {
-            let slot = &mut fill[(d - first) as usize];
-            by_day[*slot] = o;
-            *slot += 1;
-        }
-        let mut levels = Vec::new();
-        let mut width = 1usize;
+        let top = blocks.len();
+        let mut levels: Vec<Vec<Bsi>> = blocks.iter().map(|&b| Vec::with_capacity(b)).collect();
+        // Children waiting for their block, per level.
+        let mut open: Vec<Vec<Vec<(Ordinal, i64)>>> = vec![Vec::new(); top];
         let mut scratch: Vec<u32> = Vec::new();
-        let mut counted: Vec<(Ordinal, i64)> = Vec::new();
-        loop {
-            let blocks = n_days.div_ceil(width);
-            let mut level = Vec::with_capacity(blocks);
-            for j in 0..blocks {
-                let lo = start[j * width];
-                let hi = start[((j + 1) * width).min(n_days)];
-                scratch.clear();
-                scratch.extend_from_slice(&by_day[lo..hi]);
-                scratch.sort_unstable();
-                runs(&scratch, &mut counted);
-                level.push(Bsi::from_sorted_values(&counted));
+        for day in &lists.days {
+            scratch.clear();
+            scratch.extend_from_slice(day);
+            scratch.sort_unstable();
+            let mut counted = Vec::new();
+            runs(&scratch, &mut counted);
+            let mut k = 0;
+            loop {
+                levels[k].push(Bsi::from_sorted_values(&counted));
+                if k + 1 == top {
+                    break;
+                }
+                open[k].push(counted);
+                if open[k].len() < FAN_OUT && levels[k].len() < blocks[k] {
+                    break;
+                }
+                counted = merge_runs(std::mem::take(&mut open[k]));
+                k += 1;
             }
-            levels.push(level);
-            if blocks <= 1 {
-                break;
-            }
-            width *= FAN_OUT;
         }
-        Ok(DailyCounts {
-            first_day: first,
+        DailyCounts {
+            first_day: lists.first_day,
             levels,
-        })
+        }
     }
 
     /// These counts plus one `(day, ordinal)` pair per new event: the day
@@ -149,13 +234,22 @@ impl DailyCounts {
     /// one, which moves the blocks' alignment). Equal, value for value, to
     /// [`DailyCounts::from_pairs`] over the old and new events together.
     pub fn add_pairs(&self, pairs: &[(i32, u32)]) -> Result<Self> {
-        if pairs.is_empty() {
+        let mut lists = DayLists::default();
+        for &(d, o) in pairs {
+            lists.push(d, o);
+        }
+        self.add_days(&lists)
+    }
+
+    /// [`DailyCounts::add_pairs`] from a scan's per-day lists.
+    pub fn add_days(&self, lists: &DayLists) -> Result<Self> {
+        if lists.is_empty() {
             return Ok(self.clone());
         }
         let Some(old) = self.days() else {
-            return Self::from_pairs(pairs);
+            return Ok(Self::from_days(lists));
         };
-        let delta = Self::from_pairs(pairs)?;
+        let delta = Self::from_days(lists);
         let Some(new) = delta.days() else {
             return Ok(self.clone());
         };

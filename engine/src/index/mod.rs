@@ -21,7 +21,7 @@ mod bsi;
 mod files;
 mod set;
 
-pub use behaviour::{BehaviourKey, DailyCounts};
+pub use behaviour::{BehaviourKey, DailyCounts, DayLists};
 pub(crate) use bsi::Crc32Writer;
 pub use bsi::{Bsi, Compare};
 pub use files::{IndexDir, IndexKind, write_file_atomic};

@@ -11,6 +11,7 @@ use crate::identity::IdentityRules;
 use crate::identity::graph::key128;
 use crate::identity::tables::{self, IDENTIFIERS, PERSONS};
 pub use crate::index::BehaviourKey;
+use crate::index::DayLists;
 use crate::store::{Workspace, table_provider};
 
 const DAY_US: i64 = 86_400_000_000;
@@ -199,8 +200,8 @@ pub(crate) struct Scan {
     pub attr_keys: Interner,
     pub attr_values: Interner,
     pub history: Vec<AttributeChange>,
-    /// Behaviour keys and their `(day, ordinal)` pairs, one per event.
-    pub behaviour: Vec<(BehaviourKey, Vec<(i32, u32)>)>,
+    /// Behaviour keys and their events' ordinals by day.
+    pub behaviour: Vec<(BehaviourKey, DayLists)>,
     /// Events read.
     pub read: u64,
     /// Events none of whose values belong to a live person (not resolved yet).
@@ -514,10 +515,12 @@ fn add_batch(
         }
         if slots.by_type[ti] == usize::MAX {
             slots.by_type[ti] = s.behaviour.len();
-            s.behaviour
-                .push((BehaviourKey::new(event_type, Vec::new()), Vec::new()));
+            s.behaviour.push((
+                BehaviourKey::new(event_type, Vec::new()),
+                DayLists::default(),
+            ));
         }
-        s.behaviour[slots.by_type[ti]].1.push((day, o));
+        s.behaviour[slots.by_type[ti]].1.push(day, o);
         for (d, dim) in plan.dimensions.iter().enumerate() {
             let value = match &dim_columns[d] {
                 Some(c) => c.is_valid(row).then(|| c.value(row)),
@@ -531,13 +534,13 @@ fn add_batch(
                     let slot = s.behaviour.len();
                     s.behaviour.push((
                         BehaviourKey::new(event_type, vec![(dim.clone(), value.to_string())]),
-                        Vec::new(),
+                        DayLists::default(),
                     ));
                     slots.by_dim.insert((type_id, d, value_id), slot);
                     slot
                 }
             };
-            s.behaviour[slot].1.push((day, o));
+            s.behaviour[slot].1.push(day, o);
         }
         for combo in plan.combos.iter().filter(|c| c.event_type == event_type) {
             let all = combo.filters.iter().all(|(prop, v)| {
@@ -552,8 +555,12 @@ fn add_batch(
             });
             if all {
                 match s.behaviour.iter_mut().find(|(k, _)| k == combo) {
-                    Some((_, pairs)) => pairs.push((day, o)),
-                    None => s.behaviour.push((combo.clone(), vec![(day, o)])),
+                    Some((_, lists)) => lists.push(day, o),
+                    None => {
+                        let mut lists = DayLists::default();
+                        lists.push(day, o);
+                        s.behaviour.push((combo.clone(), lists));
+                    }
                 }
             }
         }

@@ -13,7 +13,7 @@ use crate::identity::IdentityRules;
 use crate::identity::Progress;
 use crate::identity::snapshot;
 use crate::identity::tables::{self, HISTORY, State as IdentityState};
-use crate::index::{BehaviourKey, DailyCounts, IndexSet, NumericIndex, Ordinal};
+use crate::index::{BehaviourKey, DailyCounts, DayLists, IndexSet, NumericIndex, Ordinal};
 use crate::profile::state::StateMeta;
 use crate::profile::{self, BehaviourPlan, PersonMap, Scan};
 use crate::segment::{Expr, evaluate};
@@ -201,7 +201,7 @@ impl Workspace {
         phase("scan", &mut t);
 
         // Traits and profile tables.
-        let pairs = std::mem::take(&mut scan.behaviour);
+        let lists = std::mem::take(&mut scan.behaviour);
         let persons = Arc::new(persons);
         let scan = Arc::new(scan);
         let derived = {
@@ -261,15 +261,7 @@ impl Workspace {
 
         // Behaviour: per-day counts per key, new or added to the last ones.
         let behaviour = tokio::task::spawn_blocking(move || {
-            let mut counts = previous.unwrap_or_default();
-            for (key, pairs) in pairs {
-                let grown = match counts.get(&key) {
-                    Some(c) => c.add_pairs(&pairs)?,
-                    None => DailyCounts::from_pairs(&pairs)?,
-                };
-                counts.insert(key, grown);
-            }
-            Ok::<_, Error>(counts)
+            build_behaviour(previous.unwrap_or_default(), lists)
         })
         .await
         .map_err(|e| Error::Internal(format!("behaviour task: {e}")))??;
@@ -572,6 +564,57 @@ fn dir_bytes(root: &std::path::Path, version: u64) -> u64 {
         }
     }
     total
+}
+
+/// Each key's counts: built from the scan's lists, or added to `previous`
+/// (an incremental refresh); keys of `previous` the scan did not see stay.
+/// Keys are spread over the cores, largest first, and each key's lists are
+/// dropped as soon as its counts exist.
+fn build_behaviour(
+    mut previous: BTreeMap<BehaviourKey, DailyCounts>,
+    mut lists: Vec<(BehaviourKey, DayLists)>,
+) -> Result<BTreeMap<BehaviourKey, DailyCounts>> {
+    lists.sort_by_key(|(_, l)| std::cmp::Reverse(l.len()));
+    let work: Vec<(BehaviourKey, DayLists, Option<DailyCounts>)> = lists
+        .into_iter()
+        .map(|(key, l)| {
+            let old = previous.remove(&key);
+            (key, l, old)
+        })
+        .collect();
+    let queue = std::sync::Mutex::new(work.into_iter());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let built = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let next = queue.lock().map_err(|_| poisoned())?.next();
+                        let Some((key, l, old)) = next else {
+                            return Ok::<_, Error>(out);
+                        };
+                        let counts = match old {
+                            Some(c) => c.add_days(&l)?,
+                            None => DailyCounts::from_days(&l),
+                        };
+                        drop(l);
+                        out.push((key, counts));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| poisoned())?)
+            .collect::<Result<Vec<_>>>()
+    })?;
+    previous.extend(built.into_iter().flatten());
+    Ok(previous)
+}
+
+fn poisoned() -> Error {
+    Error::Internal("a behaviour worker panicked".into())
 }
 
 /// The multi-filter behaviour keys `e` needs (single filters are dimensions).
