@@ -184,6 +184,83 @@ pub(crate) async fn write(path: &Path, batches: Vec<RecordBatch>, mode: SaveMode
     Ok(())
 }
 
+/// One partition that yields the batches of an iterator, built one at a time
+/// as the write pulls them.
+struct Batches {
+    schema: SchemaRef,
+    batches: std::sync::Mutex<Option<BatchIter>>,
+}
+
+type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Batches")
+    }
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for Batches {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(
+        &self,
+        _ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::execution::SendableRecordBatchStream {
+        use datafusion::error::DataFusionError;
+        let taken = self.batches.lock().ok().and_then(|mut b| b.take());
+        let batches: BatchIter = taken.unwrap_or_else(|| {
+            Box::new(std::iter::once(Err(Error::Internal(
+                "a batch stream was read twice".into(),
+            ))))
+        });
+        let stream = futures::stream::iter(
+            batches.map(|b| b.map_err(|e| DataFusionError::External(Box::new(e)))),
+        );
+        Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                stream,
+            ),
+        )
+    }
+}
+
+/// Writes the batches `batches` yields to the Delta table at `path` as one
+/// commit, pulling each only when the writer wants it: a table larger than
+/// memory never exists in memory as a whole (what [`write`] needs).
+pub(crate) async fn write_stream(
+    path: &Path,
+    schema: SchemaRef,
+    batches: impl Iterator<Item = Result<RecordBatch>> + Send + 'static,
+    mode: SaveMode,
+) -> Result<()> {
+    use datafusion::catalog::streaming::StreamingTable;
+    use datafusion::datasource::provider_as_source;
+    use datafusion::logical_expr::LogicalPlanBuilder;
+    let source = Arc::new(Batches {
+        schema: schema.clone(),
+        batches: std::sync::Mutex::new(Some(Box::new(batches))),
+    });
+    let provider = StreamingTable::try_new(schema, vec![source])?;
+    let plan = LogicalPlanBuilder::scan("source", provider_as_source(Arc::new(provider)), None)?
+        .build()?;
+    let url = url_of(path)?;
+    let table = if path.join("_delta_log").is_dir() {
+        deltalake_core::open_table(url).await?
+    } else {
+        deltalake_core::DeltaTableBuilder::from_url(url)?.build()?
+    };
+    table
+        .write(Vec::new())
+        .with_input_plan(plan)
+        .with_save_mode(mode)
+        .await
+        .map_err(Error::from)?;
+    Ok(())
+}
+
 const CHUNK: usize = 256 * 1024;
 
 fn micros(values: Vec<i64>) -> TimestampMicrosecondArray {
@@ -430,4 +507,70 @@ pub(crate) async fn read_previous(dir: &Path) -> Result<Previous> {
         }
     }
     Ok(prev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(values: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))]).unwrap()
+    }
+
+    async fn rows(path: &Path) -> Vec<i64> {
+        let mut out: Vec<i64> = scan(path, &["n"])
+            .await
+            .unwrap()
+            .iter()
+            .flat_map(|b| ints(b.column(0)).unwrap())
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_streamed_write_creates_overwrites_and_empties_a_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let schema = batch(&[]).schema();
+        let two = vec![Ok(batch(&[1, 2])), Ok(batch(&[3]))];
+        write_stream(&path, schema.clone(), two.into_iter(), SaveMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(rows(&path).await, vec![1, 2, 3]);
+        let one = vec![Ok(batch(&[7]))];
+        write_stream(&path, schema.clone(), one.into_iter(), SaveMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(rows(&path).await, vec![7]);
+        write_stream(
+            &path,
+            schema.clone(),
+            std::iter::empty(),
+            SaveMode::Overwrite,
+        )
+        .await
+        .unwrap();
+        assert!(
+            rows(&path).await.is_empty(),
+            "an empty overwrite empties it"
+        );
+        // A table first written with no rows exists, with its schema.
+        let fresh = dir.path().join("fresh");
+        write_stream(
+            &fresh,
+            schema.clone(),
+            std::iter::empty(),
+            SaveMode::Overwrite,
+        )
+        .await
+        .unwrap();
+        assert!(open(&fresh).await.unwrap().is_some());
+        // A batch that fails fails the write, and the table keeps its rows.
+        let failing = vec![Ok(batch(&[8])), Err(Error::Internal("no more rows".into()))];
+        let err = write_stream(&path, schema, failing.into_iter(), SaveMode::Overwrite).await;
+        assert!(err.is_err());
+        assert!(rows(&path).await.is_empty());
+    }
 }

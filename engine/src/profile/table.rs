@@ -10,7 +10,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake_core::protocol::SaveMode;
 
-use super::scan::{NEVER, PersonMap, Scan};
+use super::scan::{AttributeChange, NEVER, PersonMap, Scan};
 use super::traits::Derived;
 use crate::Result;
 use crate::event::{AMOUNT_PRECISION, AMOUNT_SCALE, TZ};
@@ -88,62 +88,76 @@ fn opt_time(t: i64) -> Option<i64> {
 
 const CHUNK: usize = 128 * 1024;
 
-/// Overwrites `profiles` (one row per live person) and `attribute_history`.
+/// Overwrites `profiles` (one row per live person) and `attribute_history`,
+/// each built a chunk of rows at a time as the Delta writer pulls it.
 pub(crate) async fn write_tables(
     dir: &Path,
-    persons: &PersonMap,
-    s: &Scan,
-    d: &Derived,
+    persons: Arc<PersonMap>,
+    s: Arc<Scan>,
+    d: Arc<Derived>,
 ) -> Result<()> {
     let live: Vec<u32> = persons
         .live
         .iter()
         .filter(|&o| (o as usize) < s.events.len())
         .collect();
-    let mut batches = Vec::new();
-    for chunk in live.chunks(CHUNK) {
-        batches.push(profiles_batch(persons, s, d, chunk)?);
-    }
-    if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(PROFILES_SCHEMA.clone()));
-    }
-    tables::write(&dir.join(PROFILES), batches, SaveMode::Overwrite).await?;
+    let chunks = live.len().div_ceil(CHUNK);
+    let profiles = {
+        let (persons, s) = (persons.clone(), s.clone());
+        (0..chunks).map(move |i| {
+            let chunk = &live[i * CHUNK..((i + 1) * CHUNK).min(live.len())];
+            profiles_batch(&persons, &s, &d, chunk)
+        })
+    };
+    tables::write_stream(
+        &dir.join(PROFILES),
+        PROFILES_SCHEMA.clone(),
+        profiles,
+        SaveMode::Overwrite,
+    )
+    .await?;
+    let chunks = s.history.len().div_ceil(CHUNK);
+    let history = (0..chunks).map(move |i| {
+        let chunk = &s.history[i * CHUNK..((i + 1) * CHUNK).min(s.history.len())];
+        history_batch(&persons, &s, chunk)
+    });
+    tables::write_stream(
+        &dir.join(ATTRIBUTE_HISTORY),
+        HISTORY_SCHEMA.clone(),
+        history,
+        SaveMode::Overwrite,
+    )
+    .await
+}
 
-    let mut batches = Vec::new();
-    for chunk in s.history.chunks(CHUNK) {
-        let n = chunk.len();
-        let mut pid = StringBuilder::with_capacity(n, n * 24);
-        let mut ord = Int64Builder::with_capacity(n);
-        let mut attr = StringBuilder::with_capacity(n, n * 12);
-        let mut value = StringBuilder::with_capacity(n, n * 12);
-        let mut at = ts_builder(n);
-        let mut eid = StringBuilder::with_capacity(n, n * 24);
-        for c in chunk {
-            let Some(Some(id)) = persons.person_ids.get(c.ordinal as usize) else {
-                continue;
-            };
-            pid.append_value(id);
-            ord.append_value(i64::from(c.ordinal));
-            attr.append_value(&s.attr_keys.names[c.key as usize]);
-            value.append_value(&s.attr_values.names[c.value as usize]);
-            at.append_value(c.at);
-            eid.append_value(&c.event_id);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(pid.finish()),
-            Arc::new(ord.finish()),
-            Arc::new(attr.finish()),
-            Arc::new(value.finish()),
-            Arc::new(at.finish()),
-            Arc::new(eid.finish()),
-        ];
-        batches.push(RecordBatch::try_new(HISTORY_SCHEMA.clone(), columns)?);
+fn history_batch(persons: &PersonMap, s: &Scan, chunk: &[AttributeChange]) -> Result<RecordBatch> {
+    let n = chunk.len();
+    let mut pid = StringBuilder::with_capacity(n, n * 24);
+    let mut ord = Int64Builder::with_capacity(n);
+    let mut attr = StringBuilder::with_capacity(n, n * 12);
+    let mut value = StringBuilder::with_capacity(n, n * 12);
+    let mut at = ts_builder(n);
+    let mut eid = StringBuilder::with_capacity(n, n * 24);
+    for c in chunk {
+        let Some(Some(id)) = persons.person_ids.get(c.ordinal as usize) else {
+            continue;
+        };
+        pid.append_value(id);
+        ord.append_value(i64::from(c.ordinal));
+        attr.append_value(&s.attr_keys.names[c.key as usize]);
+        value.append_value(&s.attr_values.names[c.value as usize]);
+        at.append_value(c.at);
+        eid.append_value(&c.event_id);
     }
-    if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(HISTORY_SCHEMA.clone()));
-    }
-    tables::write(&dir.join(ATTRIBUTE_HISTORY), batches, SaveMode::Overwrite).await?;
-    Ok(())
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(pid.finish()),
+        Arc::new(ord.finish()),
+        Arc::new(attr.finish()),
+        Arc::new(value.finish()),
+        Arc::new(at.finish()),
+        Arc::new(eid.finish()),
+    ];
+    Ok(RecordBatch::try_new(HISTORY_SCHEMA.clone(), columns)?)
 }
 
 fn profiles_batch(

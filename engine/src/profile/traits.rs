@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::index::{Bsi, Ordinal};
 use roaring::RoaringBitmap;
 
 use super::scan::{NEVER, Scan};
@@ -11,7 +12,7 @@ use super::{TRAITS, TraitKind};
 const DAY_US: i64 = 86_400_000_000;
 
 /// A numeric trait's `(name, scale, (ordinal, value) of live persons)`.
-pub(crate) type NumericTrait = (&'static str, u8, Vec<(u32, i64)>);
+pub(crate) type NumericTrait = (&'static str, u8, Bsi);
 
 /// Per-ordinal values that need the whole population (RFM) or a choice (preferences).
 #[derive(Debug, Default)]
@@ -137,8 +138,11 @@ impl Derived {
         }
     }
 
-    /// Every numeric trait as `(name, scale, (ordinal, value) of live persons)`.
+    /// Every numeric trait as `(name, scale, index over the live persons)`,
+    /// built one trait at a time from the persons in ordinal order (no sort,
+    /// one trait's values in memory at once).
     pub fn numeric_traits(&self, s: &Scan, live: &RoaringBitmap) -> Vec<NumericTrait> {
+        let mut values: Vec<(Ordinal, i64)> = Vec::new();
         TRAITS
             .iter()
             .filter_map(|t| match t.kind {
@@ -146,12 +150,13 @@ impl Derived {
                 TraitKind::Enumerated => None,
             })
             .map(|(name, scale)| {
-                let values = live
-                    .iter()
-                    .filter(|&o| (o as usize) < s.events.len())
-                    .filter_map(|o| self.number(s, name, o as usize).map(|v| (o, v)))
-                    .collect();
-                (name, scale, values)
+                values.clear();
+                values.extend(
+                    live.iter()
+                        .filter(|&o| (o as usize) < s.events.len())
+                        .filter_map(|o| self.number(s, name, o as usize).map(|v| (Ordinal(o), v))),
+                );
+                (name, scale, Bsi::from_sorted_values(&values))
             })
             .collect()
     }

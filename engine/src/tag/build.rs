@@ -13,7 +13,7 @@ use crate::identity::IdentityRules;
 use crate::identity::Progress;
 use crate::identity::snapshot;
 use crate::identity::tables::{self, HISTORY, State as IdentityState};
-use crate::index::{BehaviourKey, DailyCounts, DayLists, IndexSet, NumericIndex, Ordinal};
+use crate::index::{BehaviourKey, DailyCounts, DayLists, IndexSet, NumericIndex};
 use crate::profile::state::StateMeta;
 use crate::profile::{self, BehaviourPlan, PersonMap, Scan};
 use crate::segment::{Expr, evaluate};
@@ -63,7 +63,8 @@ pub struct RefreshReport {
     pub behaviour_keys: u64,
     /// Bytes of the version's index files.
     pub index_bytes: u64,
-    /// Seconds per phase: scan, traits, behaviour, tags, write.
+    /// Seconds per phase: scan, traits, behaviour, profiles (the rest of
+    /// writing the profile tables, begun with the traits), tags, write.
     pub phases: Vec<(String, f64)>,
     /// Wall time, seconds.
     pub seconds: f64,
@@ -229,12 +230,7 @@ impl Workspace {
                 let numbers: BTreeMap<String, NumericIndex> = d
                     .numeric_traits(&s, &p.live)
                     .into_iter()
-                    .map(|(name, scale, values)| {
-                        let bsi = crate::index::Bsi::from_values(
-                            values.into_iter().map(|(o, v)| (Ordinal(o), v)),
-                        );
-                        (name.to_string(), NumericIndex { scale, bsi })
-                    })
+                    .map(|(name, scale, bsi)| (name.to_string(), NumericIndex { scale, bsi }))
                     .collect();
                 (numbers, d.enumerated(&s, &p.live))
             })
@@ -251,7 +247,7 @@ impl Workspace {
                 scan.clone(),
                 derived.clone(),
             );
-            tokio::spawn(async move { profile::write_tables(&dir, &p, &s, &d).await })
+            tokio::spawn(async move { profile::write_tables(&dir, p, s, d).await })
         };
         progress(Progress {
             phase: "traits",
@@ -270,17 +266,19 @@ impl Workspace {
         for combo in &plan.combos {
             set.behaviour.entry(combo.clone()).or_default();
         }
+        progress(Progress {
+            phase: "behaviour",
+            done: set.behaviour.len() as u64,
+        });
+        phase("behaviour", &mut t);
+        // What is left of writing the profile tables (it started with the traits).
         tables_task
             .await
             .map_err(|e| Error::Internal(format!("profile table task: {e}")))??;
         let events = scan.read;
         let unattributed = scan.unattributed;
         drop(derived);
-        progress(Progress {
-            phase: "behaviour",
-            done: set.behaviour.len() as u64,
-        });
-        phase("behaviour", &mut t);
+        phase("profiles", &mut t);
 
         // Tags: rules in dependency order, then the other kinds.
         let mut coverage = Vec::new();
