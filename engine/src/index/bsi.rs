@@ -53,7 +53,7 @@ pub struct Bsi {
 impl Bsi {
     /// Builds the index; when an ordinal appears twice, its last value counts.
     pub fn from_values(values: impl IntoIterator<Item = (Ordinal, i64)>) -> Self {
-        let mut values: Vec<(u32, i64)> = values.into_iter().map(|(o, v)| (o.0, v)).collect();
+        let mut values: Vec<(Ordinal, i64)> = values.into_iter().collect();
         // stable: the last of equal ordinals ends last, and wins below
         values.sort_by_key(|(o, _)| *o);
         values.dedup_by(|later, earlier| {
@@ -64,35 +64,7 @@ impl Bsi {
                 false
             }
         });
-        let Some(base) = values.iter().map(|(_, v)| *v).min() else {
-            return Bsi::default();
-        };
-        let max = values
-            .iter()
-            .map(|(_, v)| offset(*v, base))
-            .max()
-            .unwrap_or(0);
-        let bits = (u64::BITS - max.leading_zeros()) as usize;
-        let mut slices = vec![RoaringBitmap::new(); bits];
-        let mut ords = Vec::with_capacity(values.len());
-        for (o, v) in &values {
-            ords.push(*o);
-            let mut x = offset(*v, base);
-            while x != 0 {
-                let bit = x.trailing_zeros() as usize;
-                // ordinals ascend, so this appends at the end of each bitmap
-                if slices[bit].try_push(*o).is_err() {
-                    slices[bit].insert(*o);
-                }
-                x &= x - 1;
-            }
-        }
-        let exists = RoaringBitmap::from_sorted_iter(ords).unwrap_or_default();
-        Bsi {
-            base,
-            exists,
-            slices,
-        }
+        Self::from_sorted_values(&values)
     }
 
     /// Builds the index from values sorted by ordinal, each ordinal once.
@@ -106,6 +78,12 @@ impl Bsi {
             .max()
             .unwrap_or(0);
         let bits = (u64::BITS - max.leading_zeros()) as usize;
+        Self::dense_slices(values, base, bits)
+            .unwrap_or_else(|| Self::appended_slices(values, base, bits))
+    }
+
+    /// [`Bsi::from_sorted_values`] by appending each bit to its slice.
+    fn appended_slices(values: &[(Ordinal, i64)], base: i64, bits: usize) -> Bsi {
         let mut slices = vec![RoaringBitmap::new(); bits];
         for (o, v) in values {
             let mut x = offset(*v, base);
@@ -124,6 +102,41 @@ impl Bsi {
             exists,
             slices,
         }
+    }
+
+    /// [`Bsi::from_sorted_values`] when the ordinals are dense (at least one
+    /// in 16 of their range, as a trait over every person is): the bits go
+    /// into one plain bitset per slice, each turned into roaring containers
+    /// at once, instead of one append per bit. `None` when sparse.
+    fn dense_slices(values: &[(Ordinal, i64)], base: i64, bits: usize) -> Option<Bsi> {
+        let (first, last) = (values.first()?.0.0, values.last()?.0.0);
+        // Container-aligned, so no bitset needs shifting.
+        let lo = first & !0xFFFF;
+        let span = (last - lo) as usize + 1;
+        if span > values.len().saturating_mul(16) {
+            return None;
+        }
+        let bytes = span.div_ceil(8);
+        let mut exists = vec![0u8; bytes];
+        let mut slices = vec![vec![0u8; bytes]; bits];
+        for (o, v) in values {
+            let i = (o.0 - lo) as usize;
+            let (byte, mask) = (i >> 3, 1u8 << (i & 7));
+            exists[byte] |= mask;
+            let mut x = offset(*v, base);
+            while x != 0 {
+                slices[x.trailing_zeros() as usize][byte] |= mask;
+                x &= x - 1;
+            }
+        }
+        Some(Bsi {
+            base,
+            exists: RoaringBitmap::from_lsb0_bytes(lo, &exists),
+            slices: slices
+                .iter()
+                .map(|b| RoaringBitmap::from_lsb0_bytes(lo, b))
+                .collect(),
+        })
     }
 
     /// The per-person sum of two indexes, a person missing from one counting
@@ -626,6 +639,27 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn dense_and_appended_builds_are_equal(
+            start in prop_oneof![Just(0u32), 60_000u32..70_000, Just(u32::MAX - 5_000)],
+            vals in prop::collection::btree_map(
+                0u32..5_000,
+                prop_oneof![-50i64..50, 0i64..1_000_000, any::<i64>()],
+                1..2_000,
+            ),
+        ) {
+            let values: Vec<(Ordinal, i64)> =
+                vals.into_iter().map(|(o, v)| (Ordinal(start + o), v)).collect();
+            let base = values.iter().map(|v| v.1).min().unwrap_or(0);
+            let max = values.iter().map(|v| offset(v.1, base)).max().unwrap_or(0);
+            let bits = (u64::BITS - max.leading_zeros()) as usize;
+            let appended = Bsi::appended_slices(&values, base, bits);
+            match Bsi::dense_slices(&values, base, bits) {
+                Some(dense) => prop_assert_eq!(dense, appended),
+                None => prop_assert!(values.len() * 16 < 5_000 + 65_536),
+            }
+        }
+
         #[test]
         fn compare_equals_a_filter(vals in values(), c in prop_oneof![-60i64..60, any::<i64>()]) {
             let b = build(&vals);
