@@ -61,6 +61,31 @@ pub(crate) fn key_hash(kind: &str, value: &str) -> u64 {
     with_key(kind, value, xxh3_64)
 }
 
+/// Keys are already uniform 128-bit hashes: their low 64 bits are the hash.
+#[derive(Debug, Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `u128` keys; folds anything else reasonably.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+/// A map keyed by [`key128`] values (or other uniform 128-bit hashes),
+/// which are not hashed again.
+pub(crate) type KeyMap<V> = hashbrown::HashMap<u128, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// The 128-bit content hash of `(kind, value)`: the key values are looked up
 /// by across runs (collisions are not a practical concern at this width).
 pub(crate) fn key128(kind: &str, value: &str) -> u128 {

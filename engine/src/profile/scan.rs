@@ -8,7 +8,7 @@ use futures::StreamExt;
 use roaring::RoaringBitmap;
 
 use crate::identity::IdentityRules;
-use crate::identity::graph::key128;
+use crate::identity::graph::{KeyMap, key128};
 use crate::identity::tables::{self, IDENTIFIERS, PERSONS};
 pub use crate::index::BehaviourKey;
 use crate::index::DayLists;
@@ -21,7 +21,7 @@ use crate::{Error, Result};
 #[derive(Debug, Default)]
 pub(crate) struct PersonMap {
     /// `key128(kind, value)` → (ordinal, the kind's priority).
-    owner: hashbrown::HashMap<u128, (u32, u8)>,
+    owner: KeyMap<(u32, u8)>,
     /// `person_id` by ordinal (`None`: retired or never used).
     pub person_ids: Vec<Option<String>>,
     /// Live persons.
@@ -79,6 +79,13 @@ impl PersonMap {
             let ords = tables::ints(batch.column(2))?;
             map.owner.reserve(batch.num_rows());
             for (i, &ordinal) in ords.iter().enumerate() {
+                // Only live persons own values: a lookup needs no liveness check.
+                let Ok(ordinal) = u32::try_from(ordinal) else {
+                    continue;
+                };
+                if !map.live.contains(ordinal) {
+                    continue;
+                }
                 let kind = kinds.value(i);
                 let priority = match priorities.get(kind) {
                     Some(p) => *p,
@@ -89,7 +96,7 @@ impl PersonMap {
                     }
                 };
                 map.owner
-                    .insert(key128(kind, values.value(i)), (ordinal as u32, priority));
+                    .insert(key128(kind, values.value(i)), (ordinal, priority));
             }
         }
         Ok(Some(map))
@@ -97,10 +104,7 @@ impl PersonMap {
 
     /// The live person holding `kind:value` (normalised).
     pub fn ordinal_of(&self, kind: &str, value: &str) -> Option<u32> {
-        self.owner
-            .get(&key128(kind, value))
-            .map(|&(o, _)| o)
-            .filter(|o| self.live.contains(*o))
+        self.owner.get(&key128(kind, value)).map(|&(o, _)| o)
     }
 
     /// The person an event with identifiers `ids` (kind, normalised value)
@@ -110,7 +114,6 @@ impl PersonMap {
         let mut best: Option<(u8, u32)> = None;
         for (kind, value) in ids {
             if let Some(&(o, p)) = self.owner.get(&key128(kind, value))
-                && self.live.contains(o)
                 && best.is_none_or(|(bp, _)| p > bp)
             {
                 best = Some((p, o));

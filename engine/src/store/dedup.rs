@@ -6,36 +6,14 @@
 //! `received_at` prune the rest) plus the replayed WAL, so a retried event is
 //! still a duplicate after a restart.
 
-use std::hash::{BuildHasherDefault, Hasher};
-
-use hashbrown::HashMap;
 use hashbrown::hash_map::Entry;
 
-/// Keys are already uniform 128-bit hashes: their low 64 bits are the hash.
-#[derive(Debug, Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for `u128` keys; folds anything else reasonably.
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
-}
+use crate::identity::graph::KeyMap;
 
 #[derive(Debug)]
 pub(crate) struct Dedup {
     window_micros: i64,
-    seen: HashMap<u128, i64, BuildHasherDefault<KeyHasher>>,
+    seen: KeyMap<i64>,
     last_sweep: i64,
 }
 
@@ -43,7 +21,7 @@ impl Dedup {
     pub fn new(window_secs: u64) -> Self {
         Dedup {
             window_micros: (window_secs as i64).saturating_mul(1_000_000),
-            seen: HashMap::default(),
+            seen: KeyMap::default(),
             last_sweep: 0,
         }
     }
