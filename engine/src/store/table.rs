@@ -108,6 +108,30 @@ pub(crate) async fn committed_wal_seq(table: &DeltaTable) -> Result<Option<u64>>
     Ok(v.map(|v| v.max(0) as u64))
 }
 
+/// An upper bound, from the data files' statistics, on the rows received at
+/// or after `cutoff` (µs): the row counts of every file whose largest
+/// `received_at` is not older (or unknown). Sizes the dedup set on open.
+pub(crate) fn rows_received_since(table: &DeltaTable, cutoff: i64) -> usize {
+    let Ok(state) = table.snapshot() else {
+        return 0;
+    };
+    state
+        .log_data()
+        .iter()
+        .filter_map(|file| {
+            let stats: serde_json::Value = serde_json::from_str(&file.stats()?).ok()?;
+            let newest = stats["maxValues"]["received_at"].as_str().and_then(|t| {
+                arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(t).ok()
+            });
+            // statistics keep milliseconds: round the bound up to the next one
+            if newest.is_some_and(|n| n / 1000 + 1000 < cutoff) {
+                return None;
+            }
+            stats["numRecords"].as_u64().map(|n| n as usize)
+        })
+        .sum()
+}
+
 /// Number of active data files.
 pub(crate) fn file_count(table: &DeltaTable) -> usize {
     table.get_file_uris().map(|i| i.count()).unwrap_or(0)

@@ -166,3 +166,36 @@ async fn optimize_keeps_rows_and_writes_plain_strings() {
         assert!(!schema.contains("View"), "{uri}: {schema}");
     }
 }
+
+/// The dedup set is sized on open from the files' statistics: every row
+/// received since a cutoff before the ingest counts, none after it; and an
+/// id sent again after a reopen is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_set_is_sized_from_file_statistics_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = crate::store::now_micros();
+    let ids: Vec<String> = (0..BATCH).map(|i| format!("e{i}")).collect();
+    {
+        let (engine, ws) = open_shop(dir.path(), |_| {}).await;
+        ws.ingest(purchases(&ids).into_iter()).await.unwrap();
+        ws.flush().await.unwrap();
+        let (table, _) = ws.read_view();
+        assert_eq!(
+            super::table::rows_received_since(&table, before - 1_000_000),
+            BATCH
+        );
+        let later = crate::store::now_micros() + 3_600_000_000;
+        assert_eq!(super::table::rows_received_since(&table, later), 0);
+        ws.close();
+        drop((ws, engine));
+    }
+    let mut cfg = EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    cfg.store.fsync = false;
+    let engine = Engine::open(cfg).await.unwrap();
+    let ws = engine.workspace("shop").unwrap();
+    let ack = ws.ingest(purchases(&ids[..3]).into_iter()).await.unwrap();
+    assert_eq!((ack.accepted, ack.duplicates), (0, 3));
+}

@@ -551,6 +551,9 @@ fn spawn_background(ws: std::sync::Weak<Workspace>) {
 /// every replayed row.
 async fn load_dedup(state: &MemState, dedup: &mut Dedup, window_secs: u64) -> Result<()> {
     let cutoff = now_micros() - (window_secs as i64).saturating_mul(1_000_000);
+    if state.table.version().unwrap_or(0) > 0 {
+        dedup.reserve(super::table::rows_received_since(&state.table, cutoff));
+    }
     let mut add = |b: &RecordBatch| -> Result<()> {
         let ids = b
             .column_by_name("event_id")
