@@ -15,7 +15,7 @@ use hashbrown::{HashMap, HashSet};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::components::{Components, NONE};
-use super::graph::Graph;
+use super::graph::{Graph, KeyMap};
 
 /// A person known before this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub(crate) struct PrevPerson {
 pub(crate) struct Previous {
     pub persons: Vec<PrevPerson>,
     /// [`key128`](super::graph::key128) of `(kind, value)` → index into `persons`.
-    pub owner: HashMap<u128, u32>,
+    pub owner: KeyMap<u32>,
 }
 
 impl Previous {
@@ -133,7 +133,7 @@ pub(crate) fn assign(
             *slot = key;
         }
         size[p as usize] += 1;
-        if let Some(&q) = prev.owner.get(&g.key(n)) {
+        if let Some(&q) = prev.owner.get(g.key(n)) {
             pairs.push(u64::from(p) << 32 | u64::from(q));
         }
     }
@@ -205,7 +205,7 @@ pub(crate) fn assign(
         let mut fresh: HashMap<u32, Vec<u32>> = HashMap::new();
         for n in 0..g.len() as u32 {
             let p = c.person[n as usize];
-            if merged.contains_key(&p) && !prev.owner.contains_key(&g.key(n)) {
+            if merged.contains_key(&p) && !prev.owner.contains_key(g.key(n)) {
                 let f = fresh.entry(p).or_default();
                 if f.len() < 5 {
                     f.push(n);
@@ -299,7 +299,7 @@ mod tests {
     fn carry(g: &Graph, c: &Components, a: &Assignment) -> Previous {
         let mut prev = Previous {
             persons: a.previous.clone(),
-            owner: HashMap::new(),
+            owner: KeyMap::default(),
         };
         let base = prev.persons.len() as u32;
         let mut index = HashMap::new();

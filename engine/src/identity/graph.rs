@@ -61,9 +61,27 @@ pub(crate) fn key_hash(kind: &str, value: &str) -> u64 {
     with_key(kind, value, xxh3_64)
 }
 
-/// Keys are already uniform 128-bit hashes: their low 64 bits are the hash.
+/// A [`key128`] value as two words: a `u128` aligns a map entry to 16 bytes
+/// and pads a `(u128, u32)` to 32; this key keeps it at 24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key([u64; 2]);
+
+impl From<u128> for Key {
+    fn from(k: u128) -> Self {
+        Key([k as u64, (k >> 64) as u64])
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // a uniform hash already: its low word is the table's hash
+        h.write_u64(self.0[0]);
+    }
+}
+
+/// Passes a key's low word through as its hash.
 #[derive(Debug, Default)]
-pub(crate) struct KeyHasher(u64);
+struct KeyHasher(u64);
 
 impl std::hash::Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -71,20 +89,49 @@ impl std::hash::Hasher for KeyHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Not reached for `u128` keys; folds anything else reasonably.
+        // Not reached for `Key`; folds anything else reasonably.
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
         }
     }
 
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
-/// A map keyed by [`key128`] values (or other uniform 128-bit hashes),
-/// which are not hashed again.
-pub(crate) type KeyMap<V> = hashbrown::HashMap<u128, V, std::hash::BuildHasherDefault<KeyHasher>>;
+/// A map keyed by [`key128`] values (or other uniform 128-bit hashes), which
+/// are not hashed again and cost 16 bytes an entry, unpadded.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyMap<V>(hashbrown::HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>);
+
+impl<V> Default for KeyMap<V> {
+    fn default() -> Self {
+        KeyMap(hashbrown::HashMap::default())
+    }
+}
+
+impl<V> KeyMap<V> {
+    pub fn get(&self, k: u128) -> Option<&V> {
+        self.0.get(&Key::from(k))
+    }
+
+    pub fn contains_key(&self, k: u128) -> bool {
+        self.0.contains_key(&Key::from(k))
+    }
+
+    pub fn insert(&mut self, k: u128, v: V) -> Option<V> {
+        self.0.insert(Key::from(k), v)
+    }
+
+    pub fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// The 128-bit content hash of `(kind, value)`: the key values are looked up
 /// by across runs (collisions are not a practical concern at this width).
@@ -365,6 +412,25 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_maps_compare_whole_keys_in_24_byte_entries() {
+        assert_eq!(std::mem::size_of::<(Key, u32)>(), 24);
+        let mut m = KeyMap::default();
+        let (a, b) = (
+            key128("phone", "+8613800138000"),
+            key128("email", "a@example.com"),
+        );
+        let same_low = a ^ (1u128 << 100);
+        assert_eq!(m.insert(a, 1u32), None);
+        assert_eq!(m.insert(b, 2), None);
+        assert_eq!(m.insert(a, 3), Some(1));
+        assert_eq!(
+            (m.get(a), m.get(b), m.get(same_low)),
+            (Some(&3), Some(&2), None)
+        );
+        assert!(m.contains_key(b) && !m.contains_key(same_low) && !m.is_empty());
+    }
 
     #[test]
     fn interning_and_edges() {

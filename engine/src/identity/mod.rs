@@ -252,7 +252,7 @@ impl Workspace {
             .count() as u64;
         let scope: Option<hashbrown::HashSet<u32>> = scope_nodes.as_ref().map(|_| {
             (0..work.len() as u32)
-                .filter_map(|n| prev.owner.get(&work.key(n)).copied())
+                .filter_map(|n| prev.owner.get(work.key(n)).copied())
                 .collect()
         });
         let a = assign::assign(work, &c, &prev, now, scope.as_ref());
@@ -275,7 +275,7 @@ impl Workspace {
                 }
                 carried = index.len() as u64;
                 for n in 0..g.len() as u32 {
-                    if let Some(q) = prev.owner.get(&g.key(n))
+                    if let Some(q) = prev.owner.get(g.key(n))
                         && let Some(&i) = index.get(q)
                     {
                         node_person[n as usize] = i;

@@ -104,7 +104,7 @@ impl PersonMap {
 
     /// The live person holding `kind:value` (normalised).
     pub fn ordinal_of(&self, kind: &str, value: &str) -> Option<u32> {
-        self.owner.get(&key128(kind, value)).map(|&(o, _)| o)
+        self.owner.get(key128(kind, value)).map(|&(o, _)| o)
     }
 
     /// The person an event with identifiers `ids` (kind, normalised value)
@@ -113,7 +113,7 @@ impl PersonMap {
     pub fn owner_of<'a>(&self, ids: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<u32> {
         let mut best: Option<(u8, u32)> = None;
         for (kind, value) in ids {
-            if let Some(&(o, p)) = self.owner.get(&key128(kind, value))
+            if let Some(&(o, p)) = self.owner.get(key128(kind, value))
                 && best.is_none_or(|(bp, _)| p > bp)
             {
                 best = Some((p, o));
