@@ -109,7 +109,10 @@ impl Bsi {
     /// into one plain bitset per slice, each turned into roaring containers
     /// at once, instead of one append per bit. `None` when sparse.
     fn dense_slices(values: &[(Ordinal, i64)], base: i64, bits: usize) -> Option<Bsi> {
-        let (first, last) = (values.first()?.0.0, values.last()?.0.0);
+        // min and max, not first and last: no index can go out of range
+        // even if a caller broke the sorted contract
+        let first = values.iter().map(|v| v.0.0).min()?;
+        let last = values.iter().map(|v| v.0.0).max()?;
         // Container-aligned, so no bitset needs shifting.
         let lo = first & !0xFFFF;
         let span = (last - lo) as usize + 1;
