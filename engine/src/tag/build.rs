@@ -602,9 +602,12 @@ fn build_behaviour(
                 })
             })
             .collect();
-        workers
+        // join every worker before looking at any result: a scope whose
+        // panicked thread was not joined panics itself
+        let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+        joined
             .into_iter()
-            .map(|w| w.join().map_err(|_| poisoned())?)
+            .map(|j| j.map_err(|_| poisoned())?)
             .collect::<Result<Vec<_>>>()
     })?;
     previous.extend(built.into_iter().flatten());
