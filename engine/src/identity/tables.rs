@@ -168,15 +168,20 @@ pub(crate) async fn open(path: &Path) -> Result<Option<DeltaTable>> {
     Ok(Some(deltalake_core::open_table(url).await?))
 }
 
-pub(crate) async fn write(path: &Path, batches: Vec<RecordBatch>, mode: SaveMode) -> Result<()> {
+/// The table at `path` to write into: opened, or unloaded when it does not
+/// exist yet (the write creates it).
+async fn for_write(path: &Path) -> Result<DeltaTable> {
     let url = url_of(path)?;
-    // A table not created yet is written into unloaded (the write creates it).
-    let table = if path.join("_delta_log").is_dir() {
+    Ok(if path.join("_delta_log").is_dir() {
         deltalake_core::open_table(url).await?
     } else {
         deltalake_core::DeltaTableBuilder::from_url(url)?.build()?
-    };
-    table
+    })
+}
+
+pub(crate) async fn write(path: &Path, batches: Vec<RecordBatch>, mode: SaveMode) -> Result<()> {
+    for_write(path)
+        .await?
         .write(batches)
         .with_save_mode(mode)
         .await
@@ -246,13 +251,8 @@ pub(crate) async fn write_stream(
     let provider = StreamingTable::try_new(schema, vec![source])?;
     let plan = LogicalPlanBuilder::scan("source", provider_as_source(Arc::new(provider)), None)?
         .build()?;
-    let url = url_of(path)?;
-    let table = if path.join("_delta_log").is_dir() {
-        deltalake_core::open_table(url).await?
-    } else {
-        deltalake_core::DeltaTableBuilder::from_url(url)?.build()?
-    };
-    table
+    for_write(path)
+        .await?
         .write(Vec::new())
         .with_input_plan(plan)
         .with_save_mode(mode)
@@ -529,48 +529,39 @@ mod tests {
         out
     }
 
+    /// Overwrites the table at `path` with what `batches` yields.
+    async fn overwrite(path: &Path, batches: Vec<Result<RecordBatch>>) -> Result<()> {
+        write_stream(
+            path,
+            batch(&[]).schema(),
+            batches.into_iter(),
+            SaveMode::Overwrite,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn a_streamed_write_creates_overwrites_and_empties_a_table() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        let schema = batch(&[]).schema();
-        let two = vec![Ok(batch(&[1, 2])), Ok(batch(&[3]))];
-        write_stream(&path, schema.clone(), two.into_iter(), SaveMode::Overwrite)
+        overwrite(&path, vec![Ok(batch(&[1, 2])), Ok(batch(&[3]))])
             .await
             .unwrap();
         assert_eq!(rows(&path).await, vec![1, 2, 3]);
-        let one = vec![Ok(batch(&[7]))];
-        write_stream(&path, schema.clone(), one.into_iter(), SaveMode::Overwrite)
-            .await
-            .unwrap();
+        overwrite(&path, vec![Ok(batch(&[7]))]).await.unwrap();
         assert_eq!(rows(&path).await, vec![7]);
-        write_stream(
-            &path,
-            schema.clone(),
-            std::iter::empty(),
-            SaveMode::Overwrite,
-        )
-        .await
-        .unwrap();
+        overwrite(&path, Vec::new()).await.unwrap();
         assert!(
             rows(&path).await.is_empty(),
             "an empty overwrite empties it"
         );
         // A table first written with no rows exists, with its schema.
         let fresh = dir.path().join("fresh");
-        write_stream(
-            &fresh,
-            schema.clone(),
-            std::iter::empty(),
-            SaveMode::Overwrite,
-        )
-        .await
-        .unwrap();
+        overwrite(&fresh, Vec::new()).await.unwrap();
         assert!(open(&fresh).await.unwrap().is_some());
         // A batch that fails fails the write, and the table keeps its rows.
         let failing = vec![Ok(batch(&[8])), Err(Error::Internal("no more rows".into()))];
-        let err = write_stream(&path, schema, failing.into_iter(), SaveMode::Overwrite).await;
-        assert!(err.is_err());
+        assert!(overwrite(&path, failing).await.is_err());
         assert!(rows(&path).await.is_empty());
     }
 }

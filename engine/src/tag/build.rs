@@ -572,7 +572,7 @@ fn build_behaviour(
     mut previous: BTreeMap<BehaviourKey, DailyCounts>,
     mut lists: Vec<(BehaviourKey, DayLists)>,
 ) -> Result<BTreeMap<BehaviourKey, DailyCounts>> {
-    lists.sort_by_key(|(_, l)| std::cmp::Reverse(l.len()));
+    lists.sort_by_cached_key(|(_, l)| std::cmp::Reverse(l.len()));
     let work: Vec<(BehaviourKey, DayLists, Option<DailyCounts>)> = lists
         .into_iter()
         .map(|(key, l)| {
