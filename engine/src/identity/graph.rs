@@ -101,7 +101,7 @@ impl std::hash::Hasher for KeyHasher {
 }
 
 /// A map keyed by [`key128`] values (or other uniform 128-bit hashes), which
-/// are not hashed again and cost 16 bytes an entry, unpadded.
+/// are not hashed again; a key takes its 16 bytes, unpadded.
 #[derive(Debug, Clone)]
 pub(crate) struct KeyMap<V>(hashbrown::HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>);
 
