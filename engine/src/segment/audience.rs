@@ -34,6 +34,92 @@ pub(crate) struct SegmentState {
     /// Kept leaf results (windows, numeric comparisons) of the loaded index
     /// version.
     kept: super::KeptResults,
+    /// Each person's value of an enumerated field, for breakdowns.
+    codes: ValueCodes,
+}
+
+/// Per index version and enumerated field, each ordinal's value as its
+/// position among the field's values ([`ValueCodes::NONE`]: no value), built
+/// on the first breakdown that walks its members. A breakdown of a small
+/// audience then reads one code per member instead of intersecting the
+/// audience with every value's bitmap (20 cities: 20 intersections, each
+/// merging the audience's containers with the value's).
+#[derive(Debug, Default)]
+struct ValueCodes {
+    /// The index version and its fields' codes (`None`: not usable).
+    map: parking_lot::Mutex<(u64, FieldCodes)>,
+}
+
+type FieldCodes = std::collections::HashMap<String, Option<Arc<Vec<u16>>>>;
+
+impl ValueCodes {
+    const NONE: u16 = u16::MAX;
+
+    /// The codes of `field` (whose value bitmaps are `values`) in index
+    /// version `version`; `None` when they cannot stand for the bitmaps: more
+    /// than 65,535 values, or a person in two values.
+    fn get(
+        &self,
+        version: u64,
+        field: &str,
+        values: &std::collections::BTreeMap<String, RoaringBitmap>,
+    ) -> Option<Arc<Vec<u16>>> {
+        {
+            let map = self.map.lock();
+            if map.0 == version
+                && let Some(codes) = map.1.get(field)
+            {
+                return codes.clone();
+            }
+        }
+        let codes = Self::build(values).map(Arc::new);
+        let mut map = self.map.lock();
+        if map.0 != version {
+            *map = (version, Default::default());
+        }
+        map.1.insert(field.to_string(), codes.clone());
+        codes
+    }
+
+    fn build(values: &std::collections::BTreeMap<String, RoaringBitmap>) -> Option<Vec<u16>> {
+        if values.len() >= usize::from(Self::NONE) {
+            return None;
+        }
+        let len = values.values().filter_map(RoaringBitmap::max).max()? as usize + 1;
+        let mut codes = vec![Self::NONE; len];
+        for (i, b) in values.values().enumerate() {
+            for o in b {
+                let slot = &mut codes[o as usize];
+                if *slot != Self::NONE {
+                    return None;
+                }
+                *slot = i as u16;
+            }
+        }
+        Some(codes)
+    }
+}
+
+/// Whether counting `m`'s members per value of a field with `values`
+/// values is cheaper member by member (one code read each) than by one
+/// intersection per value (each at least one pass over `m`'s containers,
+/// ~64 members' worth of work per container pair).
+fn walk_pays(m: &RoaringBitmap, values: usize) -> bool {
+    let containers = u64::from(m.statistics().n_containers).max(1);
+    m.len() <= 64 * values as u64 * containers
+}
+
+/// `m`'s members per value, by the values' positions in `codes`.
+fn count_codes(m: &RoaringBitmap, codes: &[u16], values: usize) -> Vec<u64> {
+    let mut counts = vec![0u64; values];
+    for o in m {
+        if let Some(&c) = codes.get(o as usize)
+            && c != ValueCodes::NONE
+        {
+            counts[usize::from(c)] += 1;
+        }
+    }
+    counts
 }
 
 /// `person_id` by ordinal (`None`: never used).
@@ -251,8 +337,15 @@ impl Workspace {
         // field, so the per-value counts add up (no union is built).
         let with_value;
         if let Some(values) = index.enums.get(by) {
-            for (value, b) in values {
-                let count = m.intersection_len(b);
+            let walked = walk_pays(m, values.len())
+                .then(|| self.segment_state().codes.get(index.version, by, values))
+                .flatten()
+                .map(|codes| count_codes(m, &codes, values.len()));
+            for (i, (value, b)) in values.iter().enumerate() {
+                let count = match &walked {
+                    Some(counts) => counts[i],
+                    None => m.intersection_len(b),
+                };
                 if count > 0 {
                     rows.push(BreakdownRow {
                         value: value.clone(),
@@ -727,5 +820,52 @@ impl Workspace {
             })
             .boxed();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use roaring::RoaringBitmap;
+
+    use super::{ValueCodes, count_codes};
+
+    proptest! {
+        /// Counting members by their codes equals intersecting the members
+        /// with each value's bitmap.
+        #[test]
+        fn codes_count_like_intersections(
+            values in prop::collection::vec(prop::option::of(0usize..5), 0..3000),
+            members in prop::collection::btree_set(0u32..3500, 0..800),
+        ) {
+            let mut bitmaps: BTreeMap<String, RoaringBitmap> = BTreeMap::new();
+            for (o, v) in values.iter().enumerate() {
+                if let Some(v) = v {
+                    bitmaps.entry(format!("v{v}")).or_default().insert(o as u32);
+                }
+            }
+            let m: RoaringBitmap = members.into_iter().collect();
+            let want: Vec<u64> = bitmaps.values().map(|b| m.intersection_len(b)).collect();
+            match ValueCodes::build(&bitmaps) {
+                Some(codes) => prop_assert_eq!(count_codes(&m, &codes, bitmaps.len()), want),
+                None => prop_assert!(bitmaps.is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_person_in_two_values_has_no_codes() {
+        let mut bitmaps = BTreeMap::new();
+        bitmaps.insert("a".to_string(), RoaringBitmap::from_iter([1u32, 5]));
+        bitmaps.insert("b".to_string(), RoaringBitmap::from_iter([2u32, 5]));
+        assert!(ValueCodes::build(&bitmaps).is_none());
+        bitmaps.insert("b".to_string(), RoaringBitmap::from_iter([2u32, 6]));
+        let codes = ValueCodes::build(&bitmaps).expect("disjoint values");
+        assert_eq!(
+            codes[1..7],
+            [0, 1, ValueCodes::NONE, ValueCodes::NONE, 0, 1]
+        );
     }
 }
