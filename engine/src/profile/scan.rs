@@ -158,6 +158,11 @@ pub(crate) struct Interner {
 }
 
 impl Interner {
+    /// The id of `s`, if interned.
+    pub fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
     pub fn intern(&mut self, s: &str) -> u32 {
         if let Some(&id) = self.ids.get(s) {
             return id;
@@ -392,6 +397,26 @@ pub(crate) async fn scan_files(
     .await
 }
 
+/// An owner slot's "no live person holds any of the event's values".
+const NO_OWNER: u32 = u32::MAX;
+
+/// The ids of `column`'s values at `rows`, interned in row order. Runs of
+/// one value (a file's rows often share a channel or type) are looked up once.
+fn intern_rows(interner: &mut Interner, column: &StringArray, rows: &[usize]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut last: Option<(&str, u32)> = None;
+    for &row in rows {
+        let v = column.value(row);
+        let id = match last {
+            Some((l, id)) if l == v => id,
+            _ => interner.intern(v),
+        };
+        last = Some((v, id));
+        out.push(id);
+    }
+    out
+}
+
 fn utf8(batch: &RecordBatch, name: &str) -> Result<StringArray> {
     let col = batch
         .column_by_name(name)
@@ -453,65 +478,82 @@ fn add_batch(
             .map(|j| prop_values.value(j))
     };
     let offsets = ids.value_offsets();
+    let n = batch.num_rows();
+    s.read += n as u64;
 
-    for row in 0..batch.num_rows() {
-        s.read += 1;
-        let idents = (offsets[row] as usize..offsets[row + 1] as usize)
-            .filter(|&j| !id_struct.is_null(j))
-            .map(|j| (id_kinds.value(j), id_values.value(j)));
-        let Some(o) = persons.owner_of(idents) else {
-            s.unattributed += 1;
-            continue;
-        };
-        let p = o as usize;
-        let t = times.value(row);
-        // `event_date` is the UTC date of `event_time`; data files do not
-        // hold the partition column, so it is derived here.
-        let day = t.div_euclid(DAY_US) as i32;
+    // The batch is taken in passes, each a short loop over the rows: the
+    // random accesses of one pass (owner probes, per-person slots) do not
+    // depend on each other, so the CPU overlaps their cache misses, where
+    // one long loop body per row would wait on each in turn.
+    let owners: Vec<u32> = (0..n)
+        .map(|row| {
+            let idents = (offsets[row] as usize..offsets[row + 1] as usize)
+                .filter(|&j| !id_struct.is_null(j))
+                .map(|j| (id_kinds.value(j), id_values.value(j)));
+            persons.owner_of(idents).unwrap_or(NO_OWNER)
+        })
+        .collect();
+    let rows: Vec<usize> = (0..n).filter(|&r| owners[r] != NO_OWNER).collect();
+    s.unattributed += (n - rows.len()) as u64;
+    let micros = times.values();
+    for &row in &rows {
+        let (p, t) = (owners[row] as usize, micros[row]);
         s.first_seen[p] = s.first_seen[p].min(t);
         s.last_seen[p] = s.last_seen[p].max(t);
         s.events[p] += 1;
-        let channel = s.channels.intern(channels.value(row));
-        bump(&mut s.channel_counts[p], channel);
+    }
+    let channel_ids = intern_rows(&mut s.channels, &channels, &rows);
+    for (&row, &c) in rows.iter().zip(&channel_ids) {
+        bump(&mut s.channel_counts[owners[row] as usize], c);
+    }
+    for &row in &rows {
         if categories.is_valid(row) {
             let c = s.categories.intern(categories.value(row));
-            bump(&mut s.category_counts[p], c);
+            bump(&mut s.category_counts[owners[row] as usize], c);
         }
-        let event_type = types.value(row);
-        let type_id = s.event_types.intern(event_type);
-        match event_type {
-            "purchase" => {
-                s.orders[p] += 1;
-                if amounts.is_valid(row) {
-                    s.spend[p] += amounts.value(row) as i64;
-                }
-                s.last_order[p] = s.last_order[p].max(t);
+    }
+    let type_ids = intern_rows(&mut s.event_types, &types, &rows);
+    let purchase = s.event_types.get("purchase");
+    let register = s.event_types.get("register");
+    let profile_update = s.event_types.get("profile_update");
+    for ((&row, &type_id), &channel) in rows.iter().zip(&type_ids).zip(&channel_ids) {
+        let o = owners[row];
+        let (p, t) = (o as usize, micros[row]);
+        if Some(type_id) == purchase {
+            s.orders[p] += 1;
+            if amounts.is_valid(row) {
+                s.spend[p] += amounts.value(row) as i64;
             }
-            "register" if earlier_register(&s.channels.names, (t, channel), s.registered[p]) => {
+            s.last_order[p] = s.last_order[p].max(t);
+        } else if Some(type_id) == register {
+            if earlier_register(&s.channels.names, (t, channel), s.registered[p]) {
                 s.registered[p] = (t, channel)
             }
-            "profile_update" if props.is_valid(row) => {
-                let o2 = props.value_offsets();
-                for j in o2[row] as usize..o2[row + 1] as usize {
-                    if prop_values.is_null(j) {
-                        continue;
-                    }
-                    let key = s.attr_keys.intern(prop_keys.value(j));
-                    let value = s.attr_values.intern(prop_values.value(j));
-                    s.history.push(AttributeChange {
-                        ordinal: o,
-                        key,
-                        value,
-                        at: t,
-                        event_id: event_ids.value(row).to_string(),
-                    });
-                    set_attribute(&mut s.attributes[p], &s.attr_values.names, (key, t, value));
+        } else if Some(type_id) == profile_update && props.is_valid(row) {
+            let o2 = props.value_offsets();
+            for j in o2[row] as usize..o2[row + 1] as usize {
+                if prop_values.is_null(j) {
+                    continue;
                 }
+                let key = s.attr_keys.intern(prop_keys.value(j));
+                let value = s.attr_values.intern(prop_values.value(j));
+                s.history.push(AttributeChange {
+                    ordinal: o,
+                    key,
+                    value,
+                    at: t,
+                    event_id: event_ids.value(row).to_string(),
+                });
+                set_attribute(&mut s.attributes[p], &s.attr_values.names, (key, t, value));
             }
-            _ => {}
         }
+    }
 
-        // Behaviour: the type, each dimension's value, the combos.
+    // Behaviour: the type, each dimension's value, the combos.
+    // `event_date` is the UTC date of `event_time`; data files do not hold
+    // the partition column, so it is derived here.
+    let day_of = |row: usize| micros[row].div_euclid(DAY_US) as i32;
+    for (&row, &type_id) in rows.iter().zip(&type_ids) {
         let ti = type_id as usize;
         if slots.by_type.len() <= ti {
             slots.by_type.resize(ti + 1, usize::MAX);
@@ -519,12 +561,16 @@ fn add_batch(
         if slots.by_type[ti] == usize::MAX {
             slots.by_type[ti] = s.behaviour.len();
             s.behaviour.push((
-                BehaviourKey::new(event_type, Vec::new()),
+                BehaviourKey::new(types.value(row), Vec::new()),
                 DayLists::default(),
             ));
         }
-        s.behaviour[slots.by_type[ti]].1.push(day, o);
-        for (d, dim) in plan.dimensions.iter().enumerate() {
+        s.behaviour[slots.by_type[ti]]
+            .1
+            .push(day_of(row), owners[row]);
+    }
+    for (d, dim) in plan.dimensions.iter().enumerate() {
+        for (&row, &type_id) in rows.iter().zip(&type_ids) {
             let value = match &dim_columns[d] {
                 Some(c) => c.is_valid(row).then(|| c.value(row)),
                 None => prop_of(row, dim),
@@ -536,16 +582,21 @@ fn add_batch(
                 None => {
                     let slot = s.behaviour.len();
                     s.behaviour.push((
-                        BehaviourKey::new(event_type, vec![(dim.clone(), value.to_string())]),
+                        BehaviourKey::new(types.value(row), vec![(dim.clone(), value.to_string())]),
                         DayLists::default(),
                     ));
                     slots.by_dim.insert((type_id, d, value_id), slot);
                     slot
                 }
             };
-            s.behaviour[slot].1.push(day, o);
+            s.behaviour[slot].1.push(day_of(row), owners[row]);
         }
-        for combo in plan.combos.iter().filter(|c| c.event_type == event_type) {
+    }
+    for combo in &plan.combos {
+        for &row in &rows {
+            if types.value(row) != combo.event_type {
+                continue;
+            }
             let all = combo.filters.iter().all(|(prop, v)| {
                 let got = match plan.dimensions.iter().position(|d| d == prop) {
                     Some(d) => match &dim_columns[d] {
@@ -557,6 +608,7 @@ fn add_batch(
                 got == Some(v.as_str())
             });
             if all {
+                let (day, o) = (day_of(row), owners[row]);
                 match s.behaviour.iter_mut().find(|(k, _)| k == combo) {
                     Some((_, lists)) => lists.push(day, o),
                     None => {
