@@ -10,7 +10,7 @@ use arrow::array::{
     Array, AsArray, GenericListArray, RecordBatch, StringArray, StringViewArray, StructArray,
 };
 use arrow::datatypes::{DataType, TimestampMicrosecondType};
-use hashbrown::{HashMap, HashTable};
+use hashbrown::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::rules::CompiledRules;
@@ -41,9 +41,9 @@ pub(crate) struct Graph {
     /// First and last event time (µs) per node, side by side: an event
     /// updates both.
     seen: Vec<(i64, i64)>,
-    /// `(key low, key high, node)`: the key is kept in the slot, so a probe
-    /// reads no per-node array.
-    index: HashTable<(u64, u64, u32)>,
+    /// Node by [`key128`]: the key is kept in the slot, so a probe reads no
+    /// per-node array.
+    index: KeyMap<u32>,
     kind_index: HashMap<String, u16>,
     pub edges: HashMap<u64, EdgeStat>,
     /// Occurrences of blocklisted values skipped.
@@ -72,64 +72,101 @@ impl From<u128> for Key {
     }
 }
 
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        // a uniform hash already: its low word is the table's hash
-        h.write_u64(self.0[0]);
-    }
-}
-
-/// Passes a key's low word through as its hash.
-#[derive(Debug, Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for `Key`; folds anything else reasonably.
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 /// A map keyed by [`key128`] values (or other uniform 128-bit hashes), which
-/// are not hashed again; a key takes its 16 bytes, unpadded.
+/// are not hashed again: open addressing with linear probing over one flat
+/// array of 24-byte `(key, value)` slots, at most three quarters full. The
+/// key's low word picks the slot, so a lookup is one cache miss and a few
+/// compares in the same line; a loop of lookups keeps several misses in
+/// flight (a `hashbrown` map of the same entries, with its control bytes and
+/// SIMD group probe, took twice as long for 28 M random lookups in 3.2 M keys
+/// on the bench machine).
 #[derive(Debug, Clone)]
-pub(crate) struct KeyMap<V>(hashbrown::HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>);
+pub(crate) struct KeyMap<V> {
+    /// `EMPTY` keys mark free slots; the length is a power of two.
+    slots: Vec<(Key, V)>,
+    len: usize,
+    /// The value of the key that equals `EMPTY`, which cannot sit in a slot.
+    empty_key: Option<V>,
+}
+
+const EMPTY: Key = Key([0, 0]);
 
 impl<V> Default for KeyMap<V> {
     fn default() -> Self {
-        KeyMap(hashbrown::HashMap::default())
+        KeyMap {
+            slots: Vec::new(),
+            len: 0,
+            empty_key: None,
+        }
     }
 }
 
-impl<V> KeyMap<V> {
+impl<V: Copy + Default> KeyMap<V> {
+    /// The slot holding `k`, or the free slot where it would go. The table
+    /// is never full, so the probe ends.
+    fn slot(&self, k: Key) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut i = (k.0[0] as usize) & mask;
+        loop {
+            let at = self.slots[i].0;
+            if at == k || at == EMPTY {
+                return i;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
     pub fn get(&self, k: u128) -> Option<&V> {
-        self.0.get(&Key::from(k))
+        let k = Key::from(k);
+        if k == EMPTY {
+            return self.empty_key.as_ref();
+        }
+        if self.slots.is_empty() {
+            return None;
+        }
+        let (at, v) = &self.slots[self.slot(k)];
+        (*at == k).then_some(v)
     }
 
     pub fn contains_key(&self, k: u128) -> bool {
-        self.0.contains_key(&Key::from(k))
+        self.get(k).is_some()
     }
 
     pub fn insert(&mut self, k: u128, v: V) -> Option<V> {
-        self.0.insert(Key::from(k), v)
+        let k = Key::from(k);
+        if k == EMPTY {
+            return self.empty_key.replace(v);
+        }
+        self.reserve(1);
+        let i = self.slot(k);
+        let slot = &mut self.slots[i];
+        if slot.0 == k {
+            return Some(std::mem::replace(&mut slot.1, v));
+        }
+        *slot = (k, v);
+        self.len += 1;
+        None
     }
 
+    /// Room for `n` more keys without growing.
     pub fn reserve(&mut self, n: usize) {
-        self.0.reserve(n);
+        let want = self.len + n;
+        // at most 3/4 full
+        if want * 4 <= self.slots.len() * 3 {
+            return;
+        }
+        let cap = (want * 4).div_ceil(3).next_power_of_two().max(16);
+        let old = std::mem::replace(&mut self.slots, vec![(EMPTY, V::default()); cap]);
+        for (k, v) in old {
+            if k != EMPTY {
+                let i = self.slot(k);
+                self.slots[i] = (k, v);
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0 && self.empty_key.is_none()
     }
 }
 
@@ -243,10 +280,7 @@ impl Graph {
 
     /// The node whose [`key128`] is `key`, if seen.
     fn node_of(&self, key: u128) -> Option<u32> {
-        let (lo, hi) = (key as u64, (key >> 64) as u64);
-        self.index
-            .find(lo, |&(l, h, _)| (l, h) == (lo, hi))
-            .map(|&(_, _, n)| n)
+        self.index.get(key).copied()
     }
 
     /// The node of `(kind, value)`, created if new.
@@ -274,8 +308,7 @@ impl Graph {
         self.hashes.push(key_hash(kind, value));
         self.keys.push(key);
         self.seen.push((i64::MAX, i64::MIN));
-        let (lo, hi) = (key as u64, (key >> 64) as u64);
-        self.index.insert_unique(lo, (lo, hi, n), |&(l, _, _)| l);
+        self.index.insert(key, n);
         n
     }
 
@@ -430,6 +463,30 @@ mod tests {
             (Some(&3), Some(&2), None)
         );
         assert!(m.contains_key(b) && !m.contains_key(same_low) && !m.is_empty());
+    }
+
+    proptest::proptest! {
+        /// The map agrees with a `HashMap` model through growth, including
+        /// keys sharing a low word (one probe run) and the all-zero key.
+        #[test]
+        fn key_map_equals_a_model(
+            ops in proptest::collection::vec((0u64..40, 0u64..3, proptest::prelude::any::<u32>()), 0..400),
+        ) {
+            let mut m = KeyMap::default();
+            let mut model = std::collections::HashMap::new();
+            let key = |lo: u64, hi: u64| (u128::from(hi) << 64) | u128::from(lo);
+            for &(lo, hi, v) in &ops {
+                let k = key(lo, hi);
+                proptest::prop_assert_eq!(m.insert(k, v), model.insert(k, v));
+            }
+            for lo in 0..41 {
+                for hi in 0..4 {
+                    let k = key(lo, hi);
+                    proptest::prop_assert_eq!(m.get(k), model.get(&k));
+                }
+            }
+            proptest::prop_assert_eq!(m.is_empty(), model.is_empty());
+        }
     }
 
     #[test]
