@@ -72,12 +72,15 @@ impl PersonMap {
             }
         }
         let mut priorities: hashbrown::HashMap<String, u8> = hashbrown::HashMap::new();
+        // One allocation for the owner map: every row, retired ones included.
+        if let Some(t) = tables::open(&dir.join(IDENTIFIERS)).await? {
+            map.owner.reserve(crate::store::table::num_records(&t));
+        }
         for batch in tables::scan(&dir.join(IDENTIFIERS), &["kind", "value", "ordinal"]).await? {
             let kinds = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
             let values = arrow::compute::cast(batch.column(1), &DataType::Utf8)?;
             let (kinds, values) = (kinds.as_string::<i32>(), values.as_string::<i32>());
             let ords = tables::ints(batch.column(2))?;
-            map.owner.reserve(batch.num_rows());
             for (i, &ordinal) in ords.iter().enumerate() {
                 // Only live persons own values: a lookup needs no liveness check.
                 let Ok(ordinal) = u32::try_from(ordinal) else {

@@ -132,6 +132,12 @@ pub(crate) fn rows_received_since(table: &DeltaTable, cutoff: i64) -> usize {
         .sum()
 }
 
+/// Rows in the table's data files, from their statistics (files without
+/// statistics count none): a size to reserve before reading it.
+pub(crate) fn num_records(table: &DeltaTable) -> usize {
+    rows_received_since(table, i64::MIN)
+}
+
 /// Number of active data files.
 pub(crate) fn file_count(table: &DeltaTable) -> usize {
     table.get_file_uris().map(|i| i.count()).unwrap_or(0)
