@@ -67,9 +67,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     let data = base.join("quiver-data");
-    let _ = std::fs::remove_dir_all(&data);
-    let server = Server::start(&bin, &data)?;
     for (ws, transport, dir) in [("grpc", "grpc", &gen_pq), ("flight", "flight", &gen_pq)] {
+        // A fresh server and data directory per transport: the second load
+        // must not share the machine with the first one's flushes.
+        let _ = std::fs::remove_dir_all(&data);
+        let server = Server::start(&bin, &data)?;
         server.cli(&bin, &["workspace", "create", ws])?;
         let files: Vec<String> = util::files_in(dir, "events", ".parquet")?
             .iter()
@@ -105,8 +107,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             seconds: secs,
             flush_seconds: Some(flush),
         });
+        drop(server);
     }
-    drop(server);
     if !args.no_peers {
         let pq = format!("{}/events-*.parquet", gen_pq.display());
         let nd = format!("{}/events-*.ndjson", gen_nd.display());
