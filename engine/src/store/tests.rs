@@ -199,3 +199,84 @@ async fn the_dedup_set_is_sized_from_file_statistics_and_survives_a_reopen() {
     let ack = ws.ingest(purchases(&ids[..3]).into_iter()).await.unwrap();
     assert_eq!((ack.accepted, ack.duplicates), (0, 3));
 }
+
+/// A flush writes one file per event date, whatever the order of the dates
+/// across and within batches, and a row's columns stay together: each file
+/// holds exactly its date's events, with their statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_writes_one_file_per_date_with_its_rows() {
+    const DAYS: [&str; 3] = [
+        "2026-10-03T08:00:00Z",
+        "2026-10-01T09:30:00Z",
+        "2026-10-02T23:59:59Z",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, ws) = open_shop(dir.path(), |_| {}).await;
+    for b in 0..2 {
+        let ids: Vec<String> = (0..30).map(|i| format!("b{b}-e{i}")).collect();
+        let events: Vec<RawEvent<'_>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| RawEvent {
+                event_id: Some(id),
+                event_time: TimeInput::Text(DAYS[(i + b) % DAYS.len()]),
+                channel: Some("pos"),
+                event_type: Some("purchase"),
+                identifiers: vec![("member", id)],
+                ..Default::default()
+            })
+            .collect();
+        ws.ingest(events.into_iter()).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+
+    let (table, _) = ws.read_view();
+    let mut dirs: Vec<String> = table
+        .get_file_uris()
+        .unwrap()
+        .map(|u| u.rsplit('/').nth(1).unwrap().to_string())
+        .collect();
+    dirs.sort();
+    assert_eq!(
+        dirs,
+        [
+            "event_date=2026-10-01",
+            "event_date=2026-10-02",
+            "event_date=2026-10-03"
+        ]
+    );
+    assert_eq!(crate::store::table::num_records(&table), 60);
+    // each row's date agrees with its own event time and id
+    let mut stream = ws
+        .sql(
+            "SELECT event_id, CAST(event_date AS VARCHAR), CAST(event_time AS VARCHAR) \
+             FROM events ORDER BY event_id",
+        )
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.unwrap();
+        let col = |c: usize| {
+            arrow::compute::cast(batch.column(c), &arrow::datatypes::DataType::Utf8).unwrap()
+        };
+        let (ids, dates, times) = (col(0), col(1), col(2));
+        for r in 0..batch.num_rows() {
+            rows.push((
+                ids.as_string::<i32>().value(r).to_string(),
+                dates.as_string::<i32>().value(r).to_string(),
+                times.as_string::<i32>().value(r).to_string(),
+            ));
+        }
+    }
+    assert_eq!(rows.len(), 60);
+    for (id, date, time) in rows {
+        let (b, i): (usize, usize) = {
+            let (b, e) = id.split_once("-e").unwrap();
+            (b[1..].parse().unwrap(), e.parse().unwrap())
+        };
+        let want = DAYS[(i + b) % DAYS.len()];
+        assert_eq!(date, want[..10], "{id}");
+        assert!(time.starts_with(&want[..10]), "{id}: {time}");
+    }
+}
