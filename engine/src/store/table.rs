@@ -107,8 +107,7 @@ pub(crate) async fn append(
         return Ok(table);
     }
     let schema = events_schema();
-    let snapshot = table.snapshot()?.clone();
-    let stats = WriterStatsConfig::from_config(snapshot.snapshot().table_configuration());
+    let stats = WriterStatsConfig::from_config(table.snapshot()?.snapshot().table_configuration());
     let config = WriterConfig::new(
         schema.clone(),
         vec![PARTITION.to_string()],
@@ -136,7 +135,7 @@ pub(crate) async fn append(
     let commit = CommitBuilder::from(props)
         .with_actions(actions)
         .build(
-            Some(&snapshot as &dyn TableReference),
+            Some(table.snapshot()? as &dyn TableReference),
             table.log_store(),
             operation,
         )
