@@ -167,9 +167,32 @@ impl ArrowInput {
     pub fn row(&self, i: usize) -> RawEvent<'_> {
         let s = |a| opt_str(a, i);
         let mut identifiers = Vec::with_capacity(self.ids.len());
+        self.identifiers_into(i, &mut identifiers);
+        let mut properties = Vec::new();
+        self.properties_into(i, &mut properties);
+        RawEvent {
+            event_id: s(&self.event_id),
+            event_time: self.time(i),
+            channel: s(&self.channel),
+            event_type: s(&self.event_type),
+            identifiers,
+            category: s(&self.typed[0]),
+            sku: s(&self.typed[1]),
+            currency: s(&self.typed[2]),
+            store_id: s(&self.typed[3]),
+            campaign: s(&self.typed[4]),
+            page: s(&self.typed[5]),
+            amount: self.amount(i),
+            properties,
+        }
+    }
+
+    /// Row `i`'s raw identifiers, appended to `out`: the identifier columns
+    /// in column order, then the `identifiers` list.
+    pub(super) fn identifiers_into<'a>(&'a self, i: usize, out: &mut Vec<(&'a str, &'a str)>) {
         for (kind, a) in &self.ids {
             if a.is_valid(i) {
-                identifiers.push((kind.as_str(), a.value(i)));
+                out.push((kind.as_str(), a.value(i)));
             }
         }
         if let Some(list) = &self.id_list
@@ -184,45 +207,70 @@ impl ArrowInput {
             let values = st.column(1).as_string::<i32>();
             for j in start..end {
                 if kinds.is_valid(j) && values.is_valid(j) {
-                    identifiers.push((kinds.value(j), values.value(j)));
+                    out.push((kinds.value(j), values.value(j)));
                 }
             }
         }
-        let properties = self
-            .props
-            .iter()
-            .filter(|(_, a)| a.is_valid(i))
-            .map(|(k, a)| (k.as_str(), a.value(i)))
-            .collect();
-        RawEvent {
-            event_id: s(&self.event_id),
-            event_time: match &self.event_time {
-                None => TimeInput::Missing,
-                Some(Time::Micros(a)) if a.is_valid(i) => TimeInput::Micros(a.value(i)),
-                Some(Time::Text(a)) if a.is_valid(i) => TimeInput::Text(a.value(i)),
-                Some(_) => TimeInput::Missing,
-            },
-            channel: s(&self.channel),
-            event_type: s(&self.event_type),
-            identifiers,
-            category: s(&self.typed[0]),
-            sku: s(&self.typed[1]),
-            currency: s(&self.typed[2]),
-            store_id: s(&self.typed[3]),
-            campaign: s(&self.typed[4]),
-            page: s(&self.typed[5]),
-            amount: match &self.amount {
-                Amount::Float(a) if a.is_valid(i) => AmountInput::Float(a.value(i)),
-                Amount::Decimal(a, s) if a.is_valid(i) => AmountInput::Decimal(a.value(i), *s),
-                Amount::Text(a) if a.is_valid(i) => AmountInput::Text(a.value(i)),
-                _ => AmountInput::Missing,
-            },
-            properties,
+    }
+
+    /// Row `i`'s free-form properties, appended to `out`.
+    pub(super) fn properties_into<'a>(&'a self, i: usize, out: &mut Vec<(&'a str, &'a str)>) {
+        out.extend(
+            self.props
+                .iter()
+                .filter(|(_, a)| a.is_valid(i))
+                .map(|(k, a)| (k.as_str(), a.value(i))),
+        );
+    }
+
+    /// Row `i`'s event time.
+    pub(super) fn time(&self, i: usize) -> TimeInput<'_> {
+        match &self.event_time {
+            None => TimeInput::Missing,
+            Some(Time::Micros(a)) if a.is_valid(i) => TimeInput::Micros(a.value(i)),
+            Some(Time::Text(a)) if a.is_valid(i) => TimeInput::Text(a.value(i)),
+            Some(_) => TimeInput::Missing,
         }
+    }
+
+    /// Row `i`'s amount.
+    pub(super) fn amount(&self, i: usize) -> AmountInput<'_> {
+        match &self.amount {
+            Amount::Float(a) if a.is_valid(i) => AmountInput::Float(a.value(i)),
+            Amount::Decimal(a, s) if a.is_valid(i) => AmountInput::Decimal(a.value(i), *s),
+            Amount::Text(a) if a.is_valid(i) => AmountInput::Text(a.value(i)),
+            _ => AmountInput::Missing,
+        }
+    }
+
+    /// The `event_id` column (as strings), if the batch has one.
+    pub(super) fn event_ids(&self) -> Option<&StringArray> {
+        self.event_id.as_ref()
+    }
+
+    /// The `channel` column, if present.
+    pub(super) fn channels(&self) -> Option<&StringArray> {
+        self.channel.as_ref()
+    }
+
+    /// The `event_type` column, if present.
+    pub(super) fn event_types(&self) -> Option<&StringArray> {
+        self.event_type.as_ref()
+    }
+
+    /// The typed text columns in stored order (category, sku, currency,
+    /// store_id, campaign, page), each if present.
+    pub(super) fn typed(&self) -> &[Option<StringArray>; 6] {
+        &self.typed
+    }
+
+    /// Whether the batch has free-form property columns.
+    pub(super) fn has_properties(&self) -> bool {
+        !self.props.is_empty()
     }
 }
 
-fn opt_str(a: &Option<StringArray>, i: usize) -> Option<&str> {
+pub(super) fn opt_str(a: &Option<StringArray>, i: usize) -> Option<&str> {
     match a {
         Some(a) if a.is_valid(i) => Some(a.value(i)),
         _ => None,

@@ -5,6 +5,7 @@
 //! validation with a reason per rejected row, and identifier normalisation
 //! (`normalize`). Storage of validated batches lives in `store`.
 
+mod columnar;
 mod input;
 pub(crate) mod normalize;
 mod validate;
@@ -13,9 +14,10 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
+pub(crate) use columnar::validate as validate_columns;
 pub use input::{ArrowInput, FILE_COLUMNS};
 pub use normalize::{NormalizeConfig, Normalized, Normalizer};
-pub(crate) use validate::{BatchValidator, event_key};
+pub(crate) use validate::{BatchValidator, ValidatedBatch, event_key};
 
 /// Precision and scale of the `amount` column: `Decimal128(18, 2)`, in currency units.
 pub const AMOUNT_PRECISION: u8 = 18;

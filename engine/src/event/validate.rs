@@ -23,7 +23,7 @@ use crate::{Error, Result};
 /// Earliest and latest accepted event times (UTC years 2000..2100).
 const MIN_MICROS: i64 = 946_684_800_000_000;
 const MAX_MICROS: i64 = 4_102_444_800_000_000;
-const MICROS_PER_DAY: i64 = 86_400_000_000;
+pub(super) const MICROS_PER_DAY: i64 = 86_400_000_000;
 const MAX_TEXT: usize = 1024;
 
 /// The good rows of a batch, ready for the WAL, and the verdicts on the rest.
@@ -124,62 +124,11 @@ impl<'n> BatchValidator<'n> {
     }
 
     fn check<'a>(&mut self, row: u64, ev: &RawEvent<'a>) -> Result<Row<'a>, RowError> {
-        let event_id = ev.event_id.map(str::trim).unwrap_or("");
-        if event_id.is_empty() {
-            return Err(reject(
-                row,
-                "event_id",
-                "",
-                "missing: every event needs an event_id",
-            ));
-        }
-        if event_id.len() > 256 || event_id.chars().any(char::is_control) {
-            return Err(reject(
-                row,
-                "event_id",
-                event_id,
-                "must be at most 256 bytes without control characters",
-            ));
-        }
-        let micros = match ev.event_time {
-            TimeInput::Missing => {
-                return Err(reject(row, "event_time", "", "missing"));
-            }
-            TimeInput::Text(t) => parse_time(t).map_err(|r| reject(row, "event_time", t, r))?,
-            TimeInput::Micros(m) => m,
-        };
-        if !(MIN_MICROS..MAX_MICROS).contains(&micros) {
-            return Err(reject(
-                row,
-                "event_time",
-                &micros.to_string(),
-                "outside the years 2000..2100 (microseconds since the epoch)",
-            ));
-        }
+        let event_id = check_event_id(row, ev.event_id)?;
+        let micros = check_time(row, ev.event_time)?;
         let channel = name_field(row, "channel", ev.channel)?;
         let event_type = name_field(row, "event_type", ev.event_type)?;
-        let cents = match ev.amount {
-            AmountInput::Missing => None,
-            AmountInput::Text(t) if t.trim().is_empty() => None,
-            AmountInput::Text(t) => {
-                Some(parse_decimal(t.trim()).map_err(|r| reject(row, "amount", t, r))?)
-            }
-            AmountInput::Float(f) if f.is_nan() => None,
-            AmountInput::Float(f) => {
-                if !f.is_finite() || f.abs() >= 1e15 {
-                    return Err(reject(row, "amount", &f.to_string(), "out of range"));
-                }
-                Some((f * 100.0).round() as i128)
-            }
-            AmountInput::Decimal(v, scale) => Some(rescale(v, scale).ok_or_else(|| {
-                reject(
-                    row,
-                    "amount",
-                    &v.to_string(),
-                    "out of range for decimal(18,2)",
-                )
-            })?),
-        };
+        let cents = check_amount(row, ev.amount)?;
         for (name, v) in [
             ("category", ev.category),
             ("sku", ev.sku),
@@ -188,48 +137,15 @@ impl<'n> BatchValidator<'n> {
             ("campaign", ev.campaign),
             ("page", ev.page),
         ] {
-            if let Some(v) = v
-                && v.len() > MAX_TEXT
-            {
-                return Err(reject(
-                    row,
-                    name,
-                    v,
-                    format!("longer than {MAX_TEXT} bytes"),
-                ));
-            }
+            check_text(row, name, v)?;
         }
-        self.ids.clear();
-        let mut dropped = Vec::new();
-        for (i, (kind, value)) in ev.identifiers.iter().enumerate() {
-            match self.norm.normalize(kind, value) {
-                Ok(Normalized::Value(k, v)) => {
-                    if !self.ids.iter().any(|(k2, v2)| *k2 == k && *v2 == v) {
-                        self.ids.push((k, v));
-                    }
-                }
-                Ok(Normalized::Dropped(reason)) => dropped.push(reason),
-                Err(reason) => {
-                    let field = if kind.contains(':') || kind.is_empty() {
-                        format!("identifiers[{i}]")
-                    } else {
-                        format!("identifiers[{i}] ({kind})")
-                    };
-                    return Err(reject(row, field, value, reason));
-                }
-            }
-        }
-        if self.ids.is_empty() {
-            let reason = if ev.identifiers.is_empty() {
-                "empty: an event needs at least one identifier".to_string()
-            } else {
-                format!("no usable identifier left ({})", dropped.join(", "))
-            };
-            return Err(reject(row, "identifiers", "", reason));
-        }
-        for reason in dropped {
-            *self.dropped.entry(reason).or_default() += 1;
-        }
+        check_identifiers(
+            self.norm,
+            row,
+            &ev.identifiers,
+            &mut self.ids,
+            &mut self.dropped,
+        )?;
         Ok(Row {
             event_id,
             micros,
@@ -324,7 +240,136 @@ pub(crate) fn event_key(event_id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
 }
 
-fn name_field<'a>(row: u64, field: &str, v: Option<&'a str>) -> Result<Cow<'a, str>, RowError> {
+/// The trimmed event id, or why the row is rejected.
+pub(super) fn check_event_id(row: u64, v: Option<&str>) -> Result<&str, RowError> {
+    let event_id = v.map(str::trim).unwrap_or("");
+    if event_id.is_empty() {
+        return Err(reject(
+            row,
+            "event_id",
+            "",
+            "missing: every event needs an event_id",
+        ));
+    }
+    if event_id.len() > 256 || event_id.chars().any(char::is_control) {
+        return Err(reject(
+            row,
+            "event_id",
+            event_id,
+            "must be at most 256 bytes without control characters",
+        ));
+    }
+    Ok(event_id)
+}
+
+/// The event time in µs since the epoch, or why the row is rejected.
+pub(super) fn check_time(row: u64, t: TimeInput<'_>) -> Result<i64, RowError> {
+    let micros = match t {
+        TimeInput::Missing => {
+            return Err(reject(row, "event_time", "", "missing"));
+        }
+        TimeInput::Text(t) => parse_time(t).map_err(|r| reject(row, "event_time", t, r))?,
+        TimeInput::Micros(m) => m,
+    };
+    if !(MIN_MICROS..MAX_MICROS).contains(&micros) {
+        return Err(reject(
+            row,
+            "event_time",
+            &micros.to_string(),
+            "outside the years 2000..2100 (microseconds since the epoch)",
+        ));
+    }
+    Ok(micros)
+}
+
+/// The amount in cents (`None` when absent), or why the row is rejected.
+pub(super) fn check_amount(row: u64, a: AmountInput<'_>) -> Result<Option<i128>, RowError> {
+    Ok(match a {
+        AmountInput::Missing => None,
+        AmountInput::Text(t) if t.trim().is_empty() => None,
+        AmountInput::Text(t) => {
+            Some(parse_decimal(t.trim()).map_err(|r| reject(row, "amount", t, r))?)
+        }
+        AmountInput::Float(f) if f.is_nan() => None,
+        AmountInput::Float(f) => {
+            if !f.is_finite() || f.abs() >= 1e15 {
+                return Err(reject(row, "amount", &f.to_string(), "out of range"));
+            }
+            Some((f * 100.0).round() as i128)
+        }
+        AmountInput::Decimal(v, scale) => Some(rescale(v, scale).ok_or_else(|| {
+            reject(
+                row,
+                "amount",
+                &v.to_string(),
+                "out of range for decimal(18,2)",
+            )
+        })?),
+    })
+}
+
+/// A typed text property: at most [`MAX_TEXT`] bytes.
+pub(super) fn check_text(row: u64, name: &str, v: Option<&str>) -> Result<(), RowError> {
+    match v {
+        Some(v) if v.len() > MAX_TEXT => Err(reject(
+            row,
+            name,
+            v,
+            format!("longer than {MAX_TEXT} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Normalises a row's identifiers into `ids` (deduplicated, in order). A
+/// row left without one is rejected; the values dropped from an accepted
+/// row (blocklisted, empty) are counted by reason in `dropped`.
+pub(super) fn check_identifiers(
+    norm: &Normalizer,
+    row: u64,
+    identifiers: &[(&str, &str)],
+    ids: &mut Vec<(Cow<'static, str>, String)>,
+    dropped: &mut BTreeMap<String, u64>,
+) -> Result<(), RowError> {
+    ids.clear();
+    let mut gone = Vec::new();
+    for (i, (kind, value)) in identifiers.iter().enumerate() {
+        match norm.normalize(kind, value) {
+            Ok(Normalized::Value(k, v)) => {
+                if !ids.iter().any(|(k2, v2)| *k2 == k && *v2 == v) {
+                    ids.push((k, v));
+                }
+            }
+            Ok(Normalized::Dropped(reason)) => gone.push(reason),
+            Err(reason) => {
+                let field = if kind.contains(':') || kind.is_empty() {
+                    format!("identifiers[{i}]")
+                } else {
+                    format!("identifiers[{i}] ({kind})")
+                };
+                return Err(reject(row, field, value, reason));
+            }
+        }
+    }
+    if ids.is_empty() {
+        let reason = if identifiers.is_empty() {
+            "empty: an event needs at least one identifier".to_string()
+        } else {
+            format!("no usable identifier left ({})", gone.join(", "))
+        };
+        return Err(reject(row, "identifiers", "", reason));
+    }
+    for reason in gone {
+        *dropped.entry(reason).or_default() += 1;
+    }
+    Ok(())
+}
+
+pub(super) fn name_field<'a>(
+    row: u64,
+    field: &str,
+    v: Option<&'a str>,
+) -> Result<Cow<'a, str>, RowError> {
     let v = v.map(str::trim).unwrap_or("");
     if v.is_empty() {
         return Err(reject(row, field, "", "missing"));

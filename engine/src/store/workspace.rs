@@ -17,7 +17,9 @@ use super::dedup::Dedup;
 use super::memtable::{Frozen, MemState};
 use super::{table, wal};
 use crate::StoreConfig;
-use crate::event::{ArrowInput, BatchValidator, IngestReport, Normalizer, RawEvent};
+use crate::event::{
+    ArrowInput, BatchValidator, IngestReport, Normalizer, RawEvent, ValidatedBatch,
+};
 use crate::{Error, Result};
 
 /// A workspace's state as reported to operators.
@@ -210,7 +212,7 @@ impl Workspace {
         for (i, ev) in rows.enumerate() {
             v.push(i as u64, &ev);
         }
-        self.store(v, received).await
+        self.store(v.finish()?, received).await
     }
 
     /// [`Workspace::ingest`] for a record batch in the flat event file schema
@@ -221,11 +223,8 @@ impl Workspace {
         self.check_batch_size(batch.num_rows())?;
         let input = ArrowInput::new(batch)?;
         let received = now_micros();
-        let mut v = BatchValidator::new(&self.norm, received, input.len());
-        for i in 0..input.len() {
-            v.push(i as u64, &input.row(i));
-        }
-        self.store(v, received).await
+        let out = crate::event::validate_columns(&self.norm, received, &input)?;
+        self.store(out, received).await
     }
 
     fn check_batch_size(&self, rows: usize) -> Result<()> {
@@ -241,8 +240,7 @@ impl Workspace {
         Ok(())
     }
 
-    async fn store(&self, v: BatchValidator<'_>, received: i64) -> Result<IngestReport> {
-        let out = v.finish()?;
+    async fn store(&self, out: ValidatedBatch, received: i64) -> Result<IngestReport> {
         let ws = self.name.clone();
         for e in &out.rejected {
             metrics::counter!("quiver_events_rejected_total", "workspace" => ws.clone(), "field" => field_label(&e.field)).increment(1);
