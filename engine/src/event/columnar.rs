@@ -16,20 +16,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, ListBuilder, MapBuilder,
-    MapFieldNames, RecordBatch, StringArray, StringBuilder, StructBuilder,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::compute::filter;
 
 use super::input::ArrowInput;
 use super::validate::{
-    MICROS_PER_DAY, ValidatedBatch, check_amount, check_event_id, check_identifiers, check_text,
-    check_time, name_field,
+    MICROS_PER_DAY, ValidatedBatch, append_identifiers, append_properties, check_amount,
+    check_event_id, check_identifiers, check_text, check_time, identifiers_builder, name_field,
+    properties_builder,
 };
-use super::{
-    AMOUNT_PRECISION, AMOUNT_SCALE, Normalizer, RowError, TZ, events_schema, identifier_fields,
-};
+use super::{AMOUNT_PRECISION, AMOUNT_SCALE, Normalizer, RowError, TZ, events_schema};
 use crate::{Error, Result};
 
 /// The rows still standing and the verdicts on the others.
@@ -126,15 +124,7 @@ pub(crate) fn validate(
 
     // Identifiers last: the rows that pass are the accepted ones, and only
     // they are appended to the list.
-    let list_field = match events_schema()
-        .field_with_name("identifiers")
-        .map(|f| f.data_type().clone())
-    {
-        Ok(arrow::datatypes::DataType::List(f)) => f,
-        _ => unreachable!("identifiers is a list in events_schema"),
-    };
-    let mut identifiers =
-        ListBuilder::new(StructBuilder::from_fields(identifier_fields(), n)).with_field(list_field);
+    let mut identifiers = identifiers_builder(n);
     let mut dropped = BTreeMap::new();
     let mut normalized = Vec::with_capacity(4);
     let mut raw = Vec::with_capacity(4);
@@ -142,48 +132,19 @@ pub(crate) fn validate(
         raw.clear();
         input.identifiers_into(i, &mut raw);
         check_identifiers(norm, i as u64, &raw, &mut normalized, &mut dropped)?;
-        let s = identifiers.values();
-        for (k, val) in &normalized {
-            s.field_builder::<StringBuilder>(0)
-                .unwrap_or_else(|| unreachable!("kind is a string"))
-                .append_value(k);
-            s.field_builder::<StringBuilder>(1)
-                .unwrap_or_else(|| unreachable!("value is a string"))
-                .append_value(val);
-            s.append(true);
-        }
-        identifiers.append(true);
+        append_identifiers(&mut identifiers, &normalized);
         Ok(())
     });
     let Verdicts { ok, mut rejected } = v;
     rejected.sort_by_key(|e| e.row);
     let accepted = ok.iter().filter(|o| **o).count();
 
-    let names = MapFieldNames {
-        entry: "key_value".into(),
-        key: "key".into(),
-        value: "value".into(),
-    };
-    let mut properties = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new());
+    let mut properties = properties_builder();
     let mut props = Vec::new();
     for i in (0..n).filter(|&i| ok[i]) {
         props.clear();
-        if input.has_properties() {
-            input.properties_into(i, &mut props);
-        }
-        if props.is_empty() {
-            properties
-                .append(false)
-                .unwrap_or_else(|_| unreachable!("keys and values agree"));
-        } else {
-            for (k, val) in &props {
-                properties.keys().append_value(k);
-                properties.values().append_value(val);
-            }
-            properties
-                .append(true)
-                .unwrap_or_else(|_| unreachable!("keys and values agree"));
-        }
+        input.properties_into(i, &mut props);
+        append_properties(&mut properties, &props);
     }
 
     let empty = StringArray::new_null(n);

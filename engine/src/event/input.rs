@@ -263,11 +263,6 @@ impl ArrowInput {
     pub(super) fn typed(&self) -> &[Option<StringArray>; 6] {
         &self.typed
     }
-
-    /// Whether the batch has free-form property columns.
-    pub(super) fn has_properties(&self) -> bool {
-        !self.props.is_empty()
-    }
 }
 
 pub(super) fn opt_str(a: &Option<StringArray>, i: usize) -> Option<&str> {

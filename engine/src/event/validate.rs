@@ -79,19 +79,6 @@ fn reject(row: u64, field: impl Into<String>, value: &str, reason: impl Into<Str
 
 impl<'n> BatchValidator<'n> {
     pub fn new(norm: &'n Normalizer, received_at: i64, capacity: usize) -> Self {
-        let list_field = match events_schema()
-            .field_with_name("identifiers")
-            .map(|f| f.data_type().clone())
-        {
-            Ok(arrow::datatypes::DataType::List(f)) => f,
-            _ => unreachable!("identifiers is a list in events_schema"),
-        };
-        let id_struct = StructBuilder::from_fields(identifier_fields(), capacity);
-        let names = MapFieldNames {
-            entry: "key_value".into(),
-            key: "key".into(),
-            value: "value".into(),
-        };
         BatchValidator {
             norm,
             received_at,
@@ -104,12 +91,12 @@ impl<'n> BatchValidator<'n> {
             received: TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone(TZ),
             channel: StringBuilder::with_capacity(capacity, capacity * 8),
             event_type: StringBuilder::with_capacity(capacity, capacity * 10),
-            identifiers: ListBuilder::new(id_struct).with_field(list_field),
+            identifiers: identifiers_builder(capacity),
             typed: std::array::from_fn(|_| StringBuilder::new()),
             amount: Decimal128Builder::with_capacity(capacity)
                 .with_precision_and_scale(AMOUNT_PRECISION, AMOUNT_SCALE)
                 .unwrap_or_else(|_| unreachable!("18,2 is a valid decimal")),
-            properties: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
+            properties: properties_builder(),
             event_date: Date32Builder::with_capacity(capacity),
             ids: Vec::with_capacity(4),
         }
@@ -163,17 +150,7 @@ impl<'n> BatchValidator<'n> {
         self.received.append_value(self.received_at);
         self.channel.append_value(&r.channel);
         self.event_type.append_value(&r.event_type);
-        for (k, v) in &self.ids {
-            let s = self.identifiers.values();
-            s.field_builder::<StringBuilder>(0)
-                .unwrap_or_else(|| unreachable!("kind is a string"))
-                .append_value(k);
-            s.field_builder::<StringBuilder>(1)
-                .unwrap_or_else(|| unreachable!("value is a string"))
-                .append_value(v);
-            s.append(true);
-        }
-        self.identifiers.append(true);
+        append_identifiers(&mut self.identifiers, &self.ids);
         let typed = [
             ev.category,
             ev.sku,
@@ -186,19 +163,7 @@ impl<'n> BatchValidator<'n> {
             b.append_option(v.map(str::trim).filter(|s| !s.is_empty()));
         }
         self.amount.append_option(r.cents);
-        if ev.properties.is_empty() {
-            self.properties
-                .append(false)
-                .unwrap_or_else(|_| unreachable!("keys and values agree"));
-        } else {
-            for (k, v) in &ev.properties {
-                self.properties.keys().append_value(k);
-                self.properties.values().append_value(v);
-            }
-            self.properties
-                .append(true)
-                .unwrap_or_else(|_| unreachable!("keys and values agree"));
-        }
+        append_properties(&mut self.properties, &ev.properties);
         self.event_date
             .append_value(r.micros.div_euclid(MICROS_PER_DAY) as i32);
     }
@@ -233,6 +198,60 @@ impl<'n> BatchValidator<'n> {
             dropped: self.dropped,
         })
     }
+}
+
+/// A builder of the stored `identifiers` column.
+pub(super) fn identifiers_builder(capacity: usize) -> ListBuilder<StructBuilder> {
+    let list_field = match events_schema()
+        .field_with_name("identifiers")
+        .map(|f| f.data_type().clone())
+    {
+        Ok(arrow::datatypes::DataType::List(f)) => f,
+        _ => unreachable!("identifiers is a list in events_schema"),
+    };
+    ListBuilder::new(StructBuilder::from_fields(identifier_fields(), capacity))
+        .with_field(list_field)
+}
+
+/// Appends one row's normalised identifiers.
+pub(super) fn append_identifiers(
+    list: &mut ListBuilder<StructBuilder>,
+    ids: &[(Cow<'static, str>, String)],
+) {
+    let s = list.values();
+    for (k, v) in ids {
+        s.field_builder::<StringBuilder>(0)
+            .unwrap_or_else(|| unreachable!("kind is a string"))
+            .append_value(k);
+        s.field_builder::<StringBuilder>(1)
+            .unwrap_or_else(|| unreachable!("value is a string"))
+            .append_value(v);
+        s.append(true);
+    }
+    list.append(true);
+}
+
+/// A builder of the stored `properties` map.
+pub(super) fn properties_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+    let names = MapFieldNames {
+        entry: "key_value".into(),
+        key: "key".into(),
+        value: "value".into(),
+    };
+    MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new())
+}
+
+/// Appends one row's properties: a null map when it has none.
+pub(super) fn append_properties(
+    map: &mut MapBuilder<StringBuilder, StringBuilder>,
+    props: &[(&str, &str)],
+) {
+    for (k, v) in props {
+        map.keys().append_value(k);
+        map.values().append_value(v);
+    }
+    map.append(!props.is_empty())
+        .unwrap_or_else(|_| unreachable!("keys and values agree"));
 }
 
 /// The dedup key of an event id.

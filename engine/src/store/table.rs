@@ -48,7 +48,7 @@ pub(crate) async fn open_or_create_events(path: &Path) -> Result<DeltaTable> {
     let table = deltalake_core::operations::create::CreateBuilder::new()
         .with_location(url.to_string())
         .with_columns(schema.fields().cloned())
-        .with_partition_columns(["event_date"])
+        .with_partition_columns([PARTITION])
         .with_table_name("events")
         .with_comment("Quiver events: one row per accepted event")
         .await?;
