@@ -57,6 +57,10 @@ fn index(persons: &[Person]) -> IndexSet {
     };
     let mut pairs: BTreeMap<BehaviourKey, Vec<(i32, u32)>> = BTreeMap::new();
     let mut spend = Vec::new();
+    // A refresh defines every tag, even one with no members (or no live person).
+    for name in ["t0", "t1"] {
+        set.tags.insert(name.to_string(), RoaringBitmap::new());
+    }
     for (o, p) in persons.iter().enumerate() {
         let o = o as u32;
         // Retired persons keep nothing: a refresh attributes nothing to them.
@@ -65,9 +69,8 @@ fn index(persons: &[Person]) -> IndexSet {
         }
         set.live.insert(o);
         for (i, name) in ["t0", "t1"].iter().enumerate() {
-            let b = set.tags.entry(name.to_string()).or_default();
             if p.tags[i] {
-                b.insert(o);
+                set.tags.entry(name.to_string()).or_default().insert(o);
             }
         }
         if let Some(l) = p.level {
