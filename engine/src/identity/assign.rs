@@ -286,6 +286,7 @@ mod tests {
             let mut nodes: Vec<u32> = ev.iter().map(|(k, v)| g.intern(k, v)).collect();
             g.add_event(&mut nodes, t as i64);
         }
+        g.seal();
         g
     }
 
@@ -410,6 +411,7 @@ mod tests {
             let mut nodes: Vec<u32> = ev.iter().map(|(k, v)| g2.intern(k, v)).collect();
             g2.add_event(&mut nodes, t as i64);
         }
+        g2.seal();
         let (c2, a2) = run(&g2, &Previous::default());
         for (k, v) in [("phone", "p1"), ("phone", "p2"), ("email", "e")] {
             assert_eq!(id_of(&g1, &c1, &a1, k, v), id_of(&g2, &c2, &a2, k, v));

@@ -111,84 +111,101 @@ impl Bits {
     }
 }
 
-/// What the edge pass reads of each end, side by side: the pass goes over
-/// edges in hash order, so every end is a cache miss, one instead of three.
+/// The rules of one kind, or of one app's openids: what the passes read of a
+/// node, looked up through a 2-byte slot per node.
 #[derive(Debug, Clone, Copy)]
-struct Facts {
-    /// The content hash ([`Graph::key_hash`]).
-    hash: u64,
+struct Slot {
     priority: u8,
     merge: bool,
+    /// The super-node guard's K.
+    guard: u32,
+    /// Capped class index, or `u16::MAX`.
+    class: u16,
 }
 
 /// Per-node facts from the rules.
 struct NodeRules {
-    facts: Vec<Facts>,
-    guard: Vec<u32>,
-    /// Capped class index, or `u16::MAX`.
-    class: Vec<u16>,
+    slot: Vec<u16>,
+    slots: Vec<Slot>,
     class_names: Vec<String>,
     caps: Vec<u32>,
 }
 
+impl NodeRules {
+    fn of(&self, node: u32) -> Slot {
+        self.slots[self.slot[node as usize] as usize]
+    }
+
+    fn class(&self, node: u32) -> u16 {
+        self.of(node).class
+    }
+
+    /// A new slot, with a new capped class when the rule caps `class`.
+    fn push(&mut self, rule: &CompiledKind, class: String) -> u16 {
+        let class = match rule.cap {
+            Some(cap) if rule.merge => {
+                self.class_names.push(class);
+                self.caps.push(cap);
+                (self.caps.len() - 1) as u16
+            }
+            _ => u16::MAX,
+        };
+        self.slots.push(Slot {
+            priority: rule.priority,
+            merge: rule.merge,
+            guard: rule.guard,
+            class,
+        });
+        (self.slots.len() - 1) as u16
+    }
+}
+
+/// A kind whose values are capped per app id (openids): its slot depends on the value.
+const PER_APP: u16 = u16::MAX;
+
 fn node_rules(g: &Graph, rules: &CompiledRules) -> NodeRules {
     let n = g.len();
     let mut out = NodeRules {
-        facts: Vec::with_capacity(n),
-        guard: Vec::with_capacity(n),
-        class: Vec::with_capacity(n),
+        slot: Vec::with_capacity(n),
+        slots: Vec::new(),
         class_names: Vec::new(),
         caps: Vec::new(),
     };
     // Rules and cap classes are looked up once per kind (and per app for
     // openids), never per node: this runs over millions of nodes.
-    let mut by_kind: HashMap<u16, (&CompiledKind, Option<u16>)> = HashMap::new();
+    let mut by_kind: Vec<Option<u16>> = Vec::new();
     let mut by_app: HashMap<(u16, &str), u16> = HashMap::new();
-    let new_class = |name: String, cap: u32, out: &mut NodeRules| {
-        out.class_names.push(name);
-        out.caps.push(cap);
-        (out.class_names.len() - 1) as u16
-    };
     for node in 0..n as u32 {
         let k = g.kind_index(node);
-        let (rule, class) = match by_kind.get(&k) {
-            Some(&v) => v,
-            None => {
+        if by_kind.len() <= k as usize {
+            by_kind.resize(k as usize + 1, None);
+        }
+        let slot = match by_kind[k as usize] {
+            Some(s) if s != PER_APP => s,
+            known => {
                 let kind = g.kind(node);
                 let rule = rules.kind(kind);
-                let class = match rule.cap {
-                    Some(cap) if rule.merge && kind != "openid" => {
-                        Some(new_class(kind.to_string(), cap, &mut out))
+                let per_app = known == Some(PER_APP)
+                    || (kind == "openid" && rule.merge && rule.cap.is_some());
+                if per_app {
+                    by_kind[k as usize] = Some(PER_APP);
+                    let (kind, app) = cap_class(kind, g.value(node));
+                    match by_app.get(&(k, app)) {
+                        Some(&s) => s,
+                        None => {
+                            let s = out.push(rule, format!("{kind}:{app}"));
+                            by_app.insert((k, app), s);
+                            s
+                        }
                     }
-                    _ => None,
-                };
-                by_kind.insert(k, (rule, class));
-                (rule, class)
-            }
-        };
-        out.facts.push(Facts {
-            hash: g.key_hash(node),
-            priority: rule.priority,
-            merge: rule.merge,
-        });
-        out.guard.push(rule.guard);
-        let class = match (class, rule.cap) {
-            (Some(c), _) => c,
-            (None, Some(cap)) if rule.merge => {
-                // openid: one class per app id.
-                let (kind, app) = cap_class(g.kind(node), g.value(node));
-                match by_app.get(&(k, app)) {
-                    Some(&c) => c,
-                    None => {
-                        let c = new_class(format!("{kind}:{app}"), cap, &mut out);
-                        by_app.insert((k, app), c);
-                        c
-                    }
+                } else {
+                    let s = out.push(rule, kind.to_string());
+                    by_kind[k as usize] = Some(s);
+                    s
                 }
             }
-            _ => u16::MAX,
         };
-        out.class.push(class);
+        out.slot.push(slot);
     }
     out
 }
@@ -212,10 +229,11 @@ const HEAD: usize = 3;
 impl CappedUnionFind {
     fn new(nr: &NodeRules) -> Self {
         let stride = HEAD + nr.caps.len();
-        let mut rec = vec![0u16; nr.class.len() * stride];
-        for (i, (r, &c)) in rec.chunks_exact_mut(stride).zip(&nr.class).enumerate() {
+        let mut rec = vec![0u16; nr.slot.len() * stride];
+        for (i, r) in rec.chunks_exact_mut(stride).enumerate() {
             r[0] = i as u16;
             r[1] = (i >> 16) as u16;
+            let c = nr.class(i as u32);
             if c != u16::MAX {
                 r[HEAD + c as usize] = 1;
             }
@@ -268,118 +286,256 @@ impl CappedUnionFind {
     }
 }
 
-/// Adjacency of the graph in CSR form, over mergeable nodes only.
-struct Adjacency {
-    start: Vec<usize>,
-    to: Vec<u32>,
+/// Union-find over the roots one strength's edges touch, by position in
+/// [`LevelRoots::roots`]: which of them the strength's edges would join if
+/// no cap refused a union.
+#[derive(Default)]
+struct LevelRoots {
+    /// The main union-find's roots touched, in order of first touch.
+    roots: Vec<u32>,
+    /// Parent by position; path halving.
+    parent: Vec<u32>,
+    /// Position of a main root in `roots`, or [`NONE`]; node-sized, reset
+    /// after each strength.
+    pos: Vec<u32>,
 }
 
-impl Adjacency {
-    fn new(n: usize, edges: &[(u32, u32)]) -> Self {
-        let mut start = vec![0usize; n + 1];
-        for &(a, b) in edges {
-            start[a as usize + 1] += 1;
-            start[b as usize + 1] += 1;
+impl LevelRoots {
+    fn new(n: usize) -> Self {
+        LevelRoots {
+            pos: vec![NONE; n],
+            ..LevelRoots::default()
         }
-        for i in 0..n {
-            start[i + 1] += start[i];
-        }
-        let mut fill = start.clone();
-        let mut to = vec![0u32; start[n]];
-        for &(a, b) in edges {
-            to[fill[a as usize]] = b;
-            fill[a as usize] += 1;
-            to[fill[b as usize]] = a;
-            fill[b as usize] += 1;
-        }
-        Adjacency { start, to }
     }
 
-    fn of(&self, n: u32) -> &[u32] {
-        &self.to[self.start[n as usize]..self.start[n as usize + 1]]
+    /// Position of main root `r`, added if new.
+    fn touch(&mut self, r: u32) -> u32 {
+        let p = self.pos[r as usize];
+        if p != NONE {
+            return p;
+        }
+        let p = self.roots.len() as u32;
+        self.pos[r as usize] = p;
+        self.roots.push(r);
+        self.parent.push(p);
+        p
+    }
+
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            let grand = self.parent[self.parent[x as usize] as usize];
+            self.parent[x as usize] = grand;
+            x = grand;
+        }
+        x
+    }
+
+    fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        // By position: the later-touched joins the earlier, so trees stay
+        // shallow enough with path halving and no rank array.
+        if ra != rb {
+            let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+            self.parent[hi as usize] = lo;
+        }
+    }
+
+    fn clear(&mut self) {
+        for &r in &self.roots {
+            self.pos[r as usize] = NONE;
+        }
+        self.roots.clear();
+        self.parent.clear();
     }
 }
 
 /// Computes the persons of `g` under `rules`.
+///
+/// Applying a strength's edges one by one in the deterministic order is only
+/// needed where a cap may refuse a union. So each strength goes in two
+/// passes: first its edges join the current persons without caps (in
+/// [`LevelRoots`]); every joined group whose class counts stay within the
+/// caps is then linked in any order — no union in it could have been
+/// refused, as every union in between holds a part of the group's values —
+/// and only the edges of groups over a cap are sorted and applied one by one
+/// with the caps checked. The outcome is that of the sequential order, which
+/// the tests check against a plain implementation of it.
 pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let n = g.len();
+    let started = std::time::Instant::now();
     let nr = node_rules(g, rules);
-    // Mergeable edges in the deterministic order; attach edges kept aside.
-    let mut merge_edges: Vec<(u8, u64, u64, u32, u32)> = Vec::with_capacity(g.edges.len());
+    let ncls = nr.caps.len();
+    let t_rules = started.elapsed();
+
+    // Mergeable edges bucketed by strength (strongest first), in two passes
+    // over the edge map: count, then place. Attach edges kept aside.
+    let mut count = [0usize; 257];
+    let mut degree = vec![0u32; n];
     let mut attach: Vec<(u32, u32, u32)> = Vec::new();
-    for (&key, stat) in &g.edges {
+    for &(key, events) in g.links() {
         let (a, b) = edge_ends(key);
-        let (fa, fb) = (nr.facts[a as usize], nr.facts[b as usize]);
-        match (fa.merge, fb.merge) {
+        let (sa, sb) = (nr.of(a), nr.of(b));
+        match (sa.merge, sb.merge) {
             (true, true) => {
-                let strength = fa.priority.min(fb.priority);
-                let (ha, hb) = (fa.hash, fb.hash);
-                let (lo, hi) = if ha <= hb { (ha, hb) } else { (hb, ha) };
-                merge_edges.push((u8::MAX - strength, lo, hi, a, b));
+                count[usize::from(u8::MAX - sa.priority.min(sb.priority)) + 1] += 1;
+                degree[a as usize] += 1;
+                degree[b as usize] += 1;
             }
-            (false, true) => attach.push((a, b, stat.events)),
-            (true, false) => attach.push((b, a, stat.events)),
+            (false, true) => attach.push((a, b, events)),
+            (true, false) => attach.push((b, a, events)),
             (false, false) => {}
         }
     }
-    merge_edges.sort_unstable();
-    let pairs: Vec<(u32, u32)> = merge_edges.iter().map(|e| (e.3, e.4)).collect();
-    let adj = Adjacency::new(n, &pairs);
+    for i in 0..256 {
+        count[i + 1] += count[i];
+    }
+    let level_start = count;
+    let mut fill = count;
+    let mut edges = vec![(0u32, 0u32); level_start[256]];
+    for &(key, _) in g.links() {
+        let (a, b) = edge_ends(key);
+        let (sa, sb) = (nr.of(a), nr.of(b));
+        if sa.merge && sb.merge {
+            let level = usize::from(u8::MAX - sa.priority.min(sb.priority));
+            edges[fill[level]] = (a, b);
+            fill[level] += 1;
+        }
+    }
+    let t_edges = started.elapsed();
 
     // The values the guard must look at, strongest first: only a value with
     // more links than its K can join more than K persons, so the others
-    // (nearly all) never enter the order.
-    let mut by_priority: Vec<(u8, u64, u32)> = (0..n as u32)
-        .filter(|&v| nr.facts[v as usize].merge && adj.of(v).len() as u32 > nr.guard[v as usize])
-        .map(|v| {
-            let f = nr.facts[v as usize];
-            (u8::MAX - f.priority, f.hash, v)
+    // (nearly all) never enter the order. `degree` becomes each one's
+    // position among them, for their neighbour lists.
+    let mut guarded: Vec<(u8, u64, u32)> = (0..n as u32)
+        .filter(|&v| {
+            let s = nr.of(v);
+            s.merge && degree[v as usize] > s.guard
         })
+        .map(|v| (u8::MAX - nr.of(v).priority, g.key_hash(v), v))
         .collect();
-    by_priority.sort_unstable();
+    guarded.sort_unstable();
+    let mut at = degree;
+    at.fill(NONE);
+    for (i, &(_, _, v)) in guarded.iter().enumerate() {
+        at[v as usize] = i as u32;
+    }
+    let mut near: Vec<(u32, u32)> = Vec::new();
+    for &(a, b) in &edges {
+        if at[a as usize] != NONE {
+            near.push((at[a as usize], b));
+        }
+        if at[b as usize] != NONE {
+            near.push((at[b as usize], a));
+        }
+    }
+    drop(at);
+    near.sort_unstable();
+    let mut near_start = vec![0usize; guarded.len() + 1];
+    for &(i, _) in &near {
+        near_start[i as usize + 1] += 1;
+    }
+    for i in 0..guarded.len() {
+        near_start[i + 1] += near_start[i];
+    }
+    let t_guard_lists = started.elapsed();
 
     let mut uf = CappedUnionFind::new(&nr);
-    let ncls = nr.caps.len();
     // A bitset: an eighth of a `Vec<bool>`, so it stays in cache while edges
     // are checked against it.
     let mut quarantined_flag = Bits::new(n);
     let mut quarantined = Vec::new();
     let mut refused = Vec::new();
-    let mut next_node = 0usize;
-    let mut e = 0usize;
+    let mut next_guarded = 0usize;
     let mut roots: Vec<u32> = Vec::new();
-    while e < merge_edges.len() {
-        let strength = u8::MAX - merge_edges[e].0;
+    let mut level_roots = LevelRoots::new(n);
+    let mut joined: Vec<(u32, u32)> = Vec::new();
+    let mut totals: Vec<u32> = Vec::new();
+    let mut over: Vec<bool> = Vec::new();
+    let mut ordered: Vec<(u64, u64, u32, u32)> = Vec::new();
+    let mut sequential = 0usize;
+    for level in 0..256 {
+        let level_edges = &edges[level_start[level]..level_start[level + 1]];
+        if level_edges.is_empty() {
+            continue;
+        }
+        let strength = u8::MAX - level as u8;
         // Guard every value of this priority (and stronger ones not yet looked at).
-        while next_node < by_priority.len() && u8::MAX - by_priority[next_node].0 >= strength {
-            let v = by_priority[next_node].2;
-            next_node += 1;
-            let limit = nr.guard[v as usize];
-            let p = nr.facts[v as usize].priority;
-            let nbrs = adj.of(v);
+        while next_guarded < guarded.len() && u8::MAX - guarded[next_guarded].0 >= strength {
+            let v = guarded[next_guarded].2;
+            let s = nr.of(v);
             roots.clear();
-            for &w in nbrs {
-                if nr.facts[w as usize].priority >= p && !quarantined_flag.get(w) {
+            for &(_, w) in &near[near_start[next_guarded]..near_start[next_guarded + 1]] {
+                if nr.of(w).priority >= s.priority && !quarantined_flag.get(w) {
                     roots.push(uf.find(w));
                 }
             }
+            next_guarded += 1;
             roots.sort_unstable();
             roots.dedup();
-            if roots.len() as u32 > limit {
+            if roots.len() as u32 > s.guard {
                 quarantined_flag.set(v);
                 quarantined.push(Quarantine {
                     node: v,
                     persons: roots.len() as u32,
-                    limit,
+                    limit: s.guard,
                 });
             }
         }
-        while e < merge_edges.len() && u8::MAX - merge_edges[e].0 == strength {
-            let (_, _, _, a, b) = merge_edges[e];
-            e += 1;
+
+        // Pass 1: the groups this strength's edges would join, uncapped.
+        joined.clear();
+        for (i, &(a, b)) in level_edges.iter().enumerate() {
             if quarantined_flag.get(a) || quarantined_flag.get(b) {
                 continue;
             }
+            let (ra, rb) = (uf.find(a), uf.find(b));
+            if ra == rb {
+                continue;
+            }
+            let (pa, pb) = (level_roots.touch(ra), level_roots.touch(rb));
+            level_roots.union(pa, pb);
+            joined.push((pa, i as u32));
+        }
+        // Each group's count per capped class; over a cap or not.
+        let touched = level_roots.roots.len();
+        over.clear();
+        over.resize(touched, false);
+        if ncls > 0 {
+            totals.clear();
+            totals.resize(touched * ncls, 0);
+            for p in 0..touched as u32 {
+                let group = level_roots.find(p) as usize;
+                let root = level_roots.roots[p as usize];
+                for c in 0..ncls {
+                    totals[group * ncls + c] += uf.count(root, c);
+                }
+            }
+            for group in 0..touched {
+                over[group] = (0..ncls).any(|c| totals[group * ncls + c] > nr.caps[c]);
+            }
+        }
+        // Pass 2: groups within the caps linked as they come; the others'
+        // edges kept for the ordered pass.
+        ordered.clear();
+        for &(p, i) in &joined {
+            let (a, b) = level_edges[i as usize];
+            if over[level_roots.find(p) as usize] {
+                let (ha, hb) = (g.key_hash(a), g.key_hash(b));
+                let (lo, hi) = if ha <= hb { (ha, hb) } else { (hb, ha) };
+                ordered.push((lo, hi, a, b));
+                continue;
+            }
+            let (ra, rb) = (uf.find(a), uf.find(b));
+            if ra != rb {
+                uf.link(ra, rb);
+            }
+        }
+        level_roots.clear();
+        // Pass 3: edges of groups over a cap, one by one in content order.
+        ordered.sort_unstable();
+        sequential += ordered.len();
+        for &(_, _, a, b) in &ordered {
             let (ra, rb) = (uf.find(a), uf.find(b));
             if ra == rb {
                 continue;
@@ -398,25 +554,31 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             uf.link(ra, rb);
         }
     }
+    drop(level_roots);
+    drop(edges);
     // Values only in weaker edges than any applied: still guard-free (they link nothing).
+    let t_unions = started.elapsed();
 
-    // Attach non-merging values to the person they co-occur with most.
-    let mut best: HashMap<u32, (u32, u64, u32)> = HashMap::new();
-    for &(v, w, events) in &attach {
+    // Attach non-merging values to the person they co-occur with most
+    // (ties: the smallest content hash): the best attach edge per value.
+    let mut attached_to = vec![NONE; n];
+    for (i, &(v, w, events)) in attach.iter().enumerate() {
         if quarantined_flag.get(w) {
             continue;
         }
-        let root = uf.find(w);
-        let cand = (events, u64::MAX - g.key_hash(w), root);
-        let slot = best.entry(v).or_insert(cand);
-        if (cand.0, cand.1) > (slot.0, slot.1) {
-            *slot = cand;
+        let best = &mut attached_to[v as usize];
+        let better = *best == NONE || {
+            let (_, bw, be) = attach[*best as usize];
+            (events, u64::MAX - g.key_hash(w)) > (be, u64::MAX - g.key_hash(bw))
+        };
+        if better {
+            *best = i as u32;
         }
     }
-    let mut attached_to: Vec<u32> = vec![NONE; n];
-    for (v, (_, _, root)) in best {
-        attached_to[v as usize] = root;
+    for best in attached_to.iter_mut().filter(|b| **b != NONE) {
+        *best = uf.find(attach[*best as usize].1);
     }
+    drop(attach);
 
     // Dense person indexes, in node order of each person's first node.
     let mut person = vec![NONE; n];
@@ -426,7 +588,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         if quarantined_flag.get(v) {
             continue;
         }
-        let root = if nr.facts[v as usize].merge {
+        let root = if nr.of(v).merge {
             uf.find(v)
         } else if attached_to[v as usize] != NONE {
             attached_to[v as usize]
@@ -441,6 +603,18 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         person[v as usize] = *slot;
     }
     quarantined.sort_by_key(|q| g.key_hash(q.node));
+    let end = started.elapsed();
+    tracing::debug!(
+        nodes = n,
+        merge_edges = level_start[256],
+        sequential,
+        rules_ms = t_rules.as_millis() as u64,
+        edges_ms = (t_edges - t_rules).as_millis() as u64,
+        guard_lists_ms = (t_guard_lists - t_edges).as_millis() as u64,
+        unions_ms = (t_unions - t_guard_lists).as_millis() as u64,
+        persons_ms = (end - t_unions).as_millis() as u64,
+        "components"
+    );
     Components {
         person,
         persons,
@@ -454,12 +628,196 @@ mod tests {
     use super::*;
     use crate::identity::rules::IdentityRules;
 
+    /// Adjacency of the graph in CSR form, over mergeable nodes only.
+    struct Adjacency {
+        start: Vec<usize>,
+        to: Vec<u32>,
+    }
+
+    impl Adjacency {
+        fn new(n: usize, edges: &[(u32, u32)]) -> Self {
+            let mut start = vec![0usize; n + 1];
+            for &(a, b) in edges {
+                start[a as usize + 1] += 1;
+                start[b as usize + 1] += 1;
+            }
+            for i in 0..n {
+                start[i + 1] += start[i];
+            }
+            let mut fill = start.clone();
+            let mut to = vec![0u32; start[n]];
+            for &(a, b) in edges {
+                to[fill[a as usize]] = b;
+                fill[a as usize] += 1;
+                to[fill[b as usize]] = a;
+                fill[b as usize] += 1;
+            }
+            Adjacency { start, to }
+        }
+
+        fn of(&self, n: u32) -> &[u32] {
+            &self.to[self.start[n as usize]..self.start[n as usize + 1]]
+        }
+    }
+
+    /// The sequential order itself, as the job ran it before the two passes:
+    /// every mergeable edge sorted by (strength, content), the guard over full
+    /// neighbour lists, each union checked against the caps.
+    pub(super) fn sequential(g: &Graph, rules: &CompiledRules) -> Components {
+        let n = g.len();
+        let nr = node_rules(g, rules);
+        // Mergeable edges in the deterministic order; attach edges kept aside.
+        let mut merge_edges: Vec<(u8, u64, u64, u32, u32)> = Vec::with_capacity(g.links().len());
+        let mut attach: Vec<(u32, u32, u32)> = Vec::new();
+        for &(key, events) in g.links() {
+            let (a, b) = edge_ends(key);
+            let (fa, fb) = (nr.of(a), nr.of(b));
+            match (fa.merge, fb.merge) {
+                (true, true) => {
+                    let strength = fa.priority.min(fb.priority);
+                    let (ha, hb) = (g.key_hash(a), g.key_hash(b));
+                    let (lo, hi) = if ha <= hb { (ha, hb) } else { (hb, ha) };
+                    merge_edges.push((u8::MAX - strength, lo, hi, a, b));
+                }
+                (false, true) => attach.push((a, b, events)),
+                (true, false) => attach.push((b, a, events)),
+                (false, false) => {}
+            }
+        }
+        merge_edges.sort_unstable();
+        let pairs: Vec<(u32, u32)> = merge_edges.iter().map(|e| (e.3, e.4)).collect();
+        let adj = Adjacency::new(n, &pairs);
+
+        // The values the guard must look at, strongest first: only a value with
+        // more links than its K can join more than K persons, so the others
+        // (nearly all) never enter the order.
+        let mut by_priority: Vec<(u8, u64, u32)> = (0..n as u32)
+            .filter(|&v| nr.of(v).merge && adj.of(v).len() as u32 > nr.of(v).guard)
+            .map(|v| {
+                let f = nr.of(v);
+                (u8::MAX - f.priority, g.key_hash(v), v)
+            })
+            .collect();
+        by_priority.sort_unstable();
+
+        let mut uf = CappedUnionFind::new(&nr);
+        let ncls = nr.caps.len();
+        // A bitset: an eighth of a `Vec<bool>`, so it stays in cache while edges
+        // are checked against it.
+        let mut quarantined_flag = Bits::new(n);
+        let mut quarantined = Vec::new();
+        let mut refused = Vec::new();
+        let mut next_node = 0usize;
+        let mut e = 0usize;
+        let mut roots: Vec<u32> = Vec::new();
+        while e < merge_edges.len() {
+            let strength = u8::MAX - merge_edges[e].0;
+            // Guard every value of this priority (and stronger ones not yet looked at).
+            while next_node < by_priority.len() && u8::MAX - by_priority[next_node].0 >= strength {
+                let v = by_priority[next_node].2;
+                next_node += 1;
+                let limit = nr.of(v).guard;
+                let p = nr.of(v).priority;
+                let nbrs = adj.of(v);
+                roots.clear();
+                for &w in nbrs {
+                    if nr.of(w).priority >= p && !quarantined_flag.get(w) {
+                        roots.push(uf.find(w));
+                    }
+                }
+                roots.sort_unstable();
+                roots.dedup();
+                if roots.len() as u32 > limit {
+                    quarantined_flag.set(v);
+                    quarantined.push(Quarantine {
+                        node: v,
+                        persons: roots.len() as u32,
+                        limit,
+                    });
+                }
+            }
+            while e < merge_edges.len() && u8::MAX - merge_edges[e].0 == strength {
+                let (_, _, _, a, b) = merge_edges[e];
+                e += 1;
+                if quarantined_flag.get(a) || quarantined_flag.get(b) {
+                    continue;
+                }
+                let (ra, rb) = (uf.find(a), uf.find(b));
+                if ra == rb {
+                    continue;
+                }
+                let held = |c: usize| uf.count(ra, c) + uf.count(rb, c);
+                if let Some(c) = (0..ncls).find(|&c| held(c) > nr.caps[c]) {
+                    refused.push(Refusal {
+                        a,
+                        b,
+                        class: nr.class_names[c].clone(),
+                        would_hold: held(c),
+                        cap: nr.caps[c],
+                    });
+                    continue;
+                }
+                uf.link(ra, rb);
+            }
+        }
+        // Values only in weaker edges than any applied: still guard-free (they link nothing).
+
+        // Attach non-merging values to the person they co-occur with most.
+        let mut best: HashMap<u32, (u32, u64, u32)> = HashMap::new();
+        for &(v, w, events) in &attach {
+            if quarantined_flag.get(w) {
+                continue;
+            }
+            let root = uf.find(w);
+            let cand = (events, u64::MAX - g.key_hash(w), root);
+            let slot = best.entry(v).or_insert(cand);
+            if (cand.0, cand.1) > (slot.0, slot.1) {
+                *slot = cand;
+            }
+        }
+        let mut attached_to: Vec<u32> = vec![NONE; n];
+        for (v, (_, _, root)) in best {
+            attached_to[v as usize] = root;
+        }
+
+        // Dense person indexes, in node order of each person's first node.
+        let mut person = vec![NONE; n];
+        let mut dense: Vec<u32> = vec![NONE; n];
+        let mut persons = 0u32;
+        for v in 0..n as u32 {
+            if quarantined_flag.get(v) {
+                continue;
+            }
+            let root = if nr.of(v).merge {
+                uf.find(v)
+            } else if attached_to[v as usize] != NONE {
+                attached_to[v as usize]
+            } else {
+                v
+            };
+            let slot = &mut dense[root as usize];
+            if *slot == NONE {
+                *slot = persons;
+                persons += 1;
+            }
+            person[v as usize] = *slot;
+        }
+        quarantined.sort_by_key(|q| g.key_hash(q.node));
+        Components {
+            person,
+            persons,
+            quarantined,
+            refused,
+        }
+    }
+
     fn graph(events: &[&[(&str, &str)]]) -> Graph {
         let mut g = Graph::default();
         for (t, ev) in events.iter().enumerate() {
             let mut nodes: Vec<u32> = ev.iter().map(|(k, v)| g.intern(k, v)).collect();
             g.add_event(&mut nodes, t as i64);
         }
+        g.seal();
         g
     }
 
@@ -537,6 +895,7 @@ mod tests {
             let mut nodes: Vec<u32> = ev.iter().map(|(k, v)| g.intern(k, v)).collect();
             g.add_event(&mut nodes, 0);
         }
+        g.seal();
         let c = run(&g, "");
         assert_eq!(c.persons, 10);
         assert_eq!(c.quarantined.len(), 1);
@@ -605,6 +964,7 @@ mod tests {
                     .collect();
                 g.add_event(&mut nodes, i as i64);
             }
+            g.seal();
             g
         }
 
@@ -653,6 +1013,45 @@ mod tests {
                 prop_assert_eq!(partition(&g1, &c1), partition(&g2, &c2));
             }
 
+            /// Two passes per strength give exactly what one union at a time
+            /// in the deterministic order gives: persons, quarantines and
+            /// refusals, under random priorities, caps, guards and
+            /// non-merging kinds.
+            #[test]
+            fn two_passes_equal_the_sequential_order(
+                events in events(),
+                kinds in prop::collection::vec(
+                    (
+                        prop::sample::select(vec![10u8, 50, 80]),
+                        prop::bool::weighted(0.8),
+                        prop::option::of(1u32..4),
+                        prop::option::of(1u32..5),
+                    ),
+                    KINDS.len(),
+                ),
+                guard in 1u32..6,
+            ) {
+                let order: Vec<usize> = (0..events.len()).collect();
+                let g = build(&events, &order);
+                let mut rules = IdentityRules {
+                    max_persons_per_value: guard,
+                    ..Default::default()
+                };
+                for (k, (priority, merge, cap, max_persons)) in KINDS.iter().zip(kinds) {
+                    let rule = rules.kinds.entry(k.to_string()).or_default();
+                    rule.priority = priority;
+                    rule.merge = merge;
+                    rule.max_per_person = cap;
+                    rule.max_persons = max_persons;
+                }
+                let rules = rules.compile().unwrap();
+                let (got, want) = (components(&g, &rules), super::super::tests::sequential(&g, &rules));
+                prop_assert_eq!(got.persons, want.persons);
+                prop_assert_eq!(&got.person, &want.person);
+                prop_assert_eq!(&got.quarantined, &want.quarantined);
+                prop_assert_eq!(&got.refused, &want.refused);
+            }
+
             #[test]
             fn caps_hold_and_quarantined_values_join_nothing(events in events(), guard in 1u32..4) {
                 let order: Vec<usize> = (0..events.len()).collect();
@@ -675,7 +1074,7 @@ mod tests {
                 // Every person is connected by edges inside it that touch no
                 // quarantined value: a quarantined value joined nothing.
                 let mut uf = UnionFind::new(g.len());
-                for &key in g.edges.keys() {
+                for &(key, _) in g.links() {
                     let (a, b) = edge_ends(key);
                     let (pa, pb) = (c.person[a as usize], c.person[b as usize]);
                     if pa != NONE && pa == pb {

@@ -20,11 +20,117 @@ use crate::{Error, Result};
 /// (strongest) one instead of all pairs.
 const CLIQUE_MAX: usize = 8;
 
-/// Per-edge evidence kept in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct EdgeStat {
-    /// Events that carried both values.
-    pub events: u32,
+/// The links of a graph: `(edge key, events that carried both ends)`, sorted
+/// by key (so by lower end, then upper end), and the occurrences added since
+/// the last merge.
+///
+/// An event's links are appended, not looked up: a hash map of links costs a
+/// cache miss per occurrence, an append costs none. The appended run is
+/// radix-sorted and merged in when it grows to half the sorted part, and by
+/// [`Graph::seal`]; passes over the links then go in node order, which keeps
+/// their lookups of per-node arrays close together.
+#[derive(Debug, Default, Clone)]
+struct Links {
+    sorted: Vec<(u64, u32)>,
+    pending: Vec<(u64, u32)>,
+    /// Bits of a node index, for the radix sort's key.
+    node_bits: u32,
+}
+
+/// Pending occurrences never wait for less than this before a merge.
+const PENDING_MIN: usize = 1 << 20;
+
+impl Links {
+    fn push(&mut self, key: u64, events: u32, nodes: usize) {
+        self.pending.push((key, events));
+        if self.pending.len() >= PENDING_MIN.max(self.sorted.len() / 2) {
+            self.merge(nodes);
+        }
+    }
+
+    /// Sorts the pending occurrences, adds up repeats and merges them in.
+    fn merge(&mut self, nodes: usize) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.node_bits = (usize::BITS - nodes.leading_zeros()).max(1);
+        let mut pending = std::mem::take(&mut self.pending);
+        if !pending.is_sorted_by_key(|e| e.0) {
+            radix_sort(&mut pending, self.node_bits);
+        }
+        let mut w = 0;
+        for r in 0..pending.len() {
+            if w > 0 && pending[w - 1].0 == pending[r].0 {
+                pending[w - 1].1 = pending[w - 1].1.saturating_add(pending[r].1);
+            } else {
+                pending[w] = pending[r];
+                w += 1;
+            }
+        }
+        pending.truncate(w);
+        merge_sorted(&mut self.sorted, &pending);
+        pending.clear();
+        self.pending = pending;
+    }
+}
+
+/// Sorts `v` by edge key: least significant digit first, 11 bits a pass,
+/// over the key's `2 * node_bits` significant bits (the ends are below
+/// `1 << node_bits`).
+fn radix_sort(v: &mut Vec<(u64, u32)>, node_bits: u32) {
+    const DIGIT: u32 = 11;
+    const MASK: u64 = (1 << DIGIT) - 1;
+    let dense = |key: u64| ((key >> 32) << node_bits) | (key & 0xffff_ffff);
+    let mut scratch = vec![(0u64, 0u32); v.len()];
+    let mut shift = 0;
+    while shift < 2 * node_bits {
+        let mut start = vec![0usize; 1 << DIGIT];
+        for e in v.iter() {
+            start[((dense(e.0) >> shift) & MASK) as usize] += 1;
+        }
+        let mut sum = 0;
+        for c in start.iter_mut() {
+            (*c, sum) = (sum, sum + *c);
+        }
+        for &e in v.iter() {
+            let d = ((dense(e.0) >> shift) & MASK) as usize;
+            scratch[start[d]] = e;
+            start[d] += 1;
+        }
+        std::mem::swap(v, &mut scratch);
+        shift += DIGIT;
+    }
+}
+
+/// Merges `new` (sorted, distinct keys) into `sorted` in place, from the back:
+/// a key in both gets the sum of their counts.
+fn merge_sorted(sorted: &mut Vec<(u64, u32)>, new: &[(u64, u32)]) {
+    let (mut i, mut fresh) = (0, 0);
+    for e in new {
+        while i < sorted.len() && sorted[i].0 < e.0 {
+            i += 1;
+        }
+        if i == sorted.len() || sorted[i].0 != e.0 {
+            fresh += 1;
+        }
+    }
+    let old = sorted.len();
+    sorted.resize(old + fresh, (0, 0));
+    let (mut i, mut j, mut k) = (old, new.len(), old + fresh);
+    while j > 0 {
+        k -= 1;
+        if i > 0 && sorted[i - 1].0 > new[j - 1].0 {
+            sorted[k] = sorted[i - 1];
+            i -= 1;
+        } else if i > 0 && sorted[i - 1].0 == new[j - 1].0 {
+            sorted[k] = (new[j - 1].0, sorted[i - 1].1.saturating_add(new[j - 1].1));
+            i -= 1;
+            j -= 1;
+        } else {
+            sorted[k] = new[j - 1];
+            j -= 1;
+        }
+    }
 }
 
 /// The identity graph.
@@ -45,7 +151,7 @@ pub(crate) struct Graph {
     /// per-node array.
     index: KeyMap<u32>,
     kind_index: HashMap<String, u16>,
-    pub edges: HashMap<u64, EdgeStat>,
+    links: Links,
     /// Occurrences of blocklisted values skipped.
     pub blocked: u64,
     /// Events read.
@@ -327,10 +433,26 @@ impl Graph {
 
     /// Adds `events` to the link between `a` and `b`.
     pub fn add_link(&mut self, a: u32, b: u32, events: u32) {
-        self.edges
-            .entry(edge_key(a, b))
-            .or_insert(EdgeStat { events: 0 })
-            .events += events;
+        self.links.push(edge_key(a, b), events, self.kind_of.len());
+    }
+
+    /// Merges the links added since the last call; [`Graph::links`] needs it.
+    pub fn seal(&mut self) {
+        self.links.merge(self.kind_of.len());
+    }
+
+    /// Every link as `(edge key, events)`, by key ([`edge_ends`] gives the
+    /// ends, lower first).
+    ///
+    /// # Panics
+    /// If links were added since [`Graph::seal`]: a reader must never see part
+    /// of the graph.
+    pub fn links(&self) -> &[(u64, u32)] {
+        assert!(
+            self.links.pending.is_empty(),
+            "identity graph read before it was sealed"
+        );
+        &self.links.sorted
     }
 
     /// The graph induced by `nodes` (sorted, distinct): node `i` of the result is
@@ -347,12 +469,13 @@ impl Graph {
             );
             index.insert(n, i);
         }
-        for (&key, stat) in &self.edges {
+        for &(key, events) in self.links() {
             let (a, b) = edge_ends(key);
             if let (Some(&x), Some(&y)) = (index.get(&a), index.get(&b)) {
-                sub.add_link(x, y, stat.events);
+                sub.add_link(x, y, events);
             }
         }
+        sub.seal();
         sub
     }
 
@@ -368,13 +491,11 @@ impl Graph {
             let seen = &mut self.seen[n as usize];
             *seen = (seen.0.min(time), seen.1.max(time));
         }
+        let n = self.kind_of.len();
         if nodes.len() <= CLIQUE_MAX {
             for (i, &a) in nodes.iter().enumerate() {
                 for &b in &nodes[i + 1..] {
-                    self.edges
-                        .entry(edge_key(a, b))
-                        .or_insert(EdgeStat { events: 0 })
-                        .events += 1;
+                    self.links.push(edge_key(a, b), 1, n);
                 }
             }
         } else {
@@ -385,10 +506,7 @@ impl Graph {
                 .min_by_key(|&n| self.hashes[n as usize])
                 .unwrap_or(nodes[0]);
             for &b in nodes.iter().filter(|&&b| b != hub) {
-                self.edges
-                    .entry(edge_key(hub, b))
-                    .or_insert(EdgeStat { events: 0 })
-                    .events += 1;
+                self.links.push(edge_key(hub, b), 1, n);
             }
         }
     }
@@ -494,6 +612,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Links added in any order, merged at any points, equal a sorted
+        /// map of summed counts.
+        #[test]
+        fn links_equal_a_sorted_map(
+            adds in proptest::collection::vec((0u32..3000, 0u32..3000, 1u32..4, proptest::prelude::any::<bool>()), 0..600),
+        ) {
+            let mut links = Links::default();
+            let mut model = std::collections::BTreeMap::new();
+            for &(a, b, events, merge_now) in &adds {
+                links.push(edge_key(a, b), events, 3000);
+                *model.entry(edge_key(a, b)).or_insert(0u32) += events;
+                if merge_now {
+                    links.merge(3000);
+                }
+            }
+            links.merge(3000);
+            proptest::prop_assert!(links.pending.is_empty());
+            let want: Vec<(u64, u32)> = model.into_iter().collect();
+            proptest::prop_assert_eq!(links.sorted, want);
+        }
+    }
+
     #[test]
     fn interning_and_edges() {
         let mut g = Graph::default();
@@ -505,8 +646,8 @@ mod tests {
         assert_eq!((g.kind(b), g.value(b)), ("email", "a@b.cn"));
         g.add_event(&mut vec![b, a, a], 10);
         g.add_event(&mut vec![a, b], 5);
-        assert_eq!(g.edges.len(), 1);
-        assert_eq!(g.edges[&edge_key(a, b)].events, 2);
+        g.seal();
+        assert_eq!(g.links(), [(edge_key(a, b), 2)]);
         assert_eq!((g.first_seen(a), g.last_seen(a)), (5, 10));
         assert_eq!(edge_ends(edge_key(b, a)), (a, b));
     }
@@ -518,6 +659,7 @@ mod tests {
             .map(|i| g.intern("device", &format!("d{i}")))
             .collect();
         g.add_event(&mut nodes, 0);
-        assert_eq!(g.edges.len(), 19);
+        g.seal();
+        assert_eq!(g.links().len(), 19);
     }
 }

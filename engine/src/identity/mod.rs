@@ -182,7 +182,7 @@ impl Workspace {
             base = Some((g, files));
         }
         let incremental = base.is_some();
-        let g = match base {
+        let mut g = match base {
             Some((mut g, files)) => {
                 let before = g.events;
                 g.track = true;
@@ -213,6 +213,7 @@ impl Workspace {
                 g
             }
         };
+        g.seal();
         progress(Progress {
             phase: "read",
             done: g.events,
@@ -405,7 +406,7 @@ impl Workspace {
             events: g.events,
             identifiers: g.len() as u64,
             touched_identifiers: work.len() as u64,
-            edges: g.edges.len() as u64,
+            edges: g.links().len() as u64,
             persons: persons.len() as u64,
             previous_persons,
             new_persons: a.new_persons,
@@ -439,7 +440,7 @@ impl Workspace {
 /// rules) that holds a node new events touched, sorted.
 fn reached(g: &graph::Graph) -> Vec<u32> {
     let mut uf = components::UnionFind::new(g.len());
-    for &key in g.edges.keys() {
+    for &(key, _) in g.links() {
         let (a, b) = graph::edge_ends(key);
         let (ra, rb) = (uf.find(a), uf.find(b));
         if ra != rb {

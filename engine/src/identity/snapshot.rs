@@ -96,8 +96,7 @@ pub(crate) fn write(ws_dir: &Path, run: u64, g: &Graph) -> Result<()> {
         Ok(RecordBatch::try_new(nodes_schema(), cols)?)
     });
     write_file(&dir.join("nodes.arrow"), nodes_schema(), nodes)?;
-    let links: Vec<(u64, u32)> = g.edges.iter().map(|(&k, s)| (k, s.events)).collect();
-    let batches = links.chunks(CHUNK).map(|chunk| {
+    let batches = g.links().chunks(CHUNK).map(|chunk| {
         let (mut a, mut b, mut ev) = (
             Vec::with_capacity(chunk.len()),
             Vec::with_capacity(chunk.len()),
@@ -164,6 +163,7 @@ pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Graph>> {
             g.add_link(a.value(i), b.value(i), ev.value(i));
         }
     }
+    g.seal();
     Ok(Some(g))
 }
 
@@ -285,6 +285,7 @@ mod tests {
         let c = g.intern("openid", "wx1:o1");
         g.add_event(&mut vec![a, b], 10);
         g.add_event(&mut vec![a, b, c], 20);
+        g.seal();
         write(dir.path(), 3, &g).unwrap();
         assert_eq!(node_count(dir.path(), 3), 3);
         let back = read(dir.path(), 3).unwrap().unwrap();
@@ -294,7 +295,7 @@ mod tests {
             assert_eq!(back.first_seen(n), g.first_seen(n));
             assert_eq!(back.last_seen(n), g.last_seen(n));
         }
-        assert_eq!(back.edges, g.edges);
+        assert_eq!(back.links(), g.links());
         assert!(read(dir.path(), 4).unwrap().is_none());
         write(dir.path(), 4, &g).unwrap();
         prune(dir.path(), 4).unwrap();

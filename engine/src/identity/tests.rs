@@ -335,6 +335,7 @@ mod incremental {
                 .collect();
             g.add_event(&mut nodes, (offset + i) as i64);
         }
+        g.seal();
     }
 
     /// Persons as sorted sets of `kind:value`, with quarantined values apart.
