@@ -211,77 +211,124 @@ fn node_rules(g: &Graph, rules: &CompiledRules) -> NodeRules {
 }
 
 /// Union-find over nodes whose roots carry their person's count of values
-/// per capped class. A node's parent, rank and counts share one record, so a
-/// union (bound by cache misses on random nodes) reads one line per root,
-/// not one per array. Path halving, union by rank.
+/// per capped class. Path halving, union by rank. The parents are an array
+/// of their own, 4 bytes a node, so the finds (bound by cache misses on
+/// random nodes) stay in as few lines as can be; a root's counts are a row
+/// in a side table, made when it first takes in another node.
 struct CappedUnionFind {
-    /// Node `i`'s record at `i * stride`: parent (low, high 16 bits), rank,
-    /// then one count per class. Counts fit 16 bits: a union is refused
-    /// before any count passes its cap, and caps are at most `MAX_CAP`.
-    rec: Vec<u16>,
-    stride: usize,
+    parent: Vec<u32>,
+    rank: Vec<u8>,
+    /// Per node: [`SINGLE`] with its class index while it holds only itself
+    /// (`u16::MAX`: no capped class), else its row in `rows`.
+    row: Vec<u32>,
+    /// `ncls` counts a row. Counts fit 16 bits: a union is refused before
+    /// any count passes its cap, and caps are at most `MAX_CAP`.
+    rows: Vec<u16>,
+    ncls: usize,
 }
 
-/// A record's rank word, and the words before its counts.
-const RANK: usize = 2;
-const HEAD: usize = 3;
+/// Marks a [`CappedUnionFind::row`] entry that holds a class, not a row.
+const SINGLE: u32 = 1 << 31;
 
 impl CappedUnionFind {
     fn new(nr: &NodeRules) -> Self {
-        let stride = HEAD + nr.caps.len();
-        let mut rec = vec![0u16; nr.slot.len() * stride];
-        for (i, r) in rec.chunks_exact_mut(stride).enumerate() {
-            r[0] = i as u16;
-            r[1] = (i >> 16) as u16;
-            let c = nr.class(i as u32);
-            if c != u16::MAX {
-                r[HEAD + c as usize] = 1;
-            }
+        let n = nr.slot.len();
+        CappedUnionFind {
+            parent: (0..n as u32).collect(),
+            rank: vec![0; n],
+            row: (0..n as u32)
+                .map(|v| SINGLE | u32::from(nr.class(v)))
+                .collect(),
+            rows: Vec::new(),
+            ncls: nr.caps.len(),
         }
-        CappedUnionFind { rec, stride }
-    }
-
-    fn parent(&self, x: u32) -> u32 {
-        let i = x as usize * self.stride;
-        u32::from(self.rec[i]) | u32::from(self.rec[i + 1]) << 16
-    }
-
-    fn set_parent(&mut self, x: u32, p: u32) {
-        let i = x as usize * self.stride;
-        self.rec[i] = p as u16;
-        self.rec[i + 1] = (p >> 16) as u16;
     }
 
     fn find(&mut self, mut x: u32) -> u32 {
         loop {
-            let p = self.parent(x);
+            let p = self.parent[x as usize];
             if p == x {
                 return x;
             }
-            let grand = self.parent(p);
-            self.set_parent(x, grand);
+            let grand = self.parent[p as usize];
+            self.parent[x as usize] = grand;
             x = grand;
         }
     }
 
-    /// Root `r`'s count of values of class `c`.
-    fn count(&self, r: u32, c: usize) -> u32 {
-        u32::from(self.rec[r as usize * self.stride + HEAD + c])
+    /// Adds root `r`'s counts into `out` (`ncls` long).
+    fn add_counts(&self, r: u32, out: &mut [u32]) {
+        let row = self.row[r as usize];
+        if row & SINGLE != 0 {
+            let c = (row & !SINGLE) as usize;
+            if c < self.ncls {
+                out[c] += 1;
+            }
+        } else {
+            let row = &self.rows[row as usize * self.ncls..][..self.ncls];
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o += u32::from(v);
+            }
+        }
     }
 
-    /// Links roots `a` and `b` and adds up their counts; returns the new root.
-    fn link(&mut self, a: u32, b: u32) -> u32 {
-        let (ia, ib) = (a as usize * self.stride, b as usize * self.stride);
-        let (ra, rb) = (self.rec[ia + RANK], self.rec[ib + RANK]);
+    /// Sets root `r`'s counts (each within `MAX_CAP`).
+    fn set_counts(&mut self, r: u32, counts: &[u32]) {
+        if self.ncls == 0 {
+            return;
+        }
+        let mut row = self.row[r as usize];
+        if row & SINGLE != 0 {
+            row = (self.rows.len() / self.ncls) as u32;
+            self.rows.resize(self.rows.len() + self.ncls, 0);
+            self.row[r as usize] = row;
+        }
+        let dst = &mut self.rows[row as usize * self.ncls..][..self.ncls];
+        for (d, &c) in dst.iter_mut().zip(counts) {
+            *d = c as u16;
+        }
+    }
+
+    /// Joins the persons of `a` and `b` unless that gives one more values of
+    /// a capped class than its cap: then the refusal. `held` is scratch.
+    fn union_capped(
+        &mut self,
+        a: u32,
+        b: u32,
+        nr: &NodeRules,
+        held: &mut Vec<u32>,
+    ) -> Option<Refusal> {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra == rb {
+            return None;
+        }
+        held.clear();
+        held.resize(self.ncls, 0);
+        self.add_counts(ra, held);
+        self.add_counts(rb, held);
+        if let Some(c) = (0..self.ncls).find(|&c| held[c] > nr.caps[c]) {
+            return Some(Refusal {
+                a,
+                b,
+                class: nr.class_names[c].clone(),
+                would_hold: held[c],
+                cap: nr.caps[c],
+            });
+        }
+        self.link(ra, rb, held);
+        None
+    }
+
+    /// Links roots `a` and `b` (their counts summed in `counts`); returns
+    /// the new root.
+    fn link(&mut self, a: u32, b: u32, counts: &[u32]) -> u32 {
+        let (ra, rb) = (self.rank[a as usize], self.rank[b as usize]);
         let (root, child) = if ra < rb { (b, a) } else { (a, b) };
         if ra == rb {
-            self.rec[ia + RANK] += 1;
+            self.rank[a as usize] += 1;
         }
-        self.set_parent(child, root);
-        let (ir, ic) = (root as usize * self.stride, child as usize * self.stride);
-        for c in HEAD..self.stride {
-            self.rec[ir + c] += self.rec[ic + c];
-        }
+        self.parent[child as usize] = root;
+        self.set_counts(root, counts);
         root
     }
 }
@@ -450,8 +497,11 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let mut roots: Vec<u32> = Vec::new();
     let mut level_roots = LevelRoots::new(n);
     let mut joined: Vec<(u32, u32)> = Vec::new();
+    let mut group: Vec<u32> = Vec::new();
     let mut totals: Vec<u32> = Vec::new();
+    let mut height: Vec<u8> = Vec::new();
     let mut over: Vec<bool> = Vec::new();
+    let mut held: Vec<u32> = Vec::new();
     let mut ordered: Vec<(u64, u64, u32, u32)> = Vec::new();
     let mut sequential = 0usize;
     for level in 0..256 {
@@ -497,38 +547,48 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             level_roots.union(pa, pb);
             joined.push((pa, i as u32));
         }
-        // Each group's count per capped class; over a cap or not.
+        // Each group's count per capped class and height; over a cap or not.
         let touched = level_roots.roots.len();
-        over.clear();
-        over.resize(touched, false);
-        if ncls > 0 {
-            totals.clear();
-            totals.resize(touched * ncls, 0);
-            for p in 0..touched as u32 {
-                let group = level_roots.find(p) as usize;
-                let root = level_roots.roots[p as usize];
-                for c in 0..ncls {
-                    totals[group * ncls + c] += uf.count(root, c);
-                }
-            }
-            for group in 0..touched {
-                over[group] = (0..ncls).any(|c| totals[group * ncls + c] > nr.caps[c]);
-            }
+        group.clear();
+        totals.clear();
+        totals.resize(touched * ncls, 0);
+        height.clear();
+        height.resize(touched, 0);
+        for p in 0..touched as u32 {
+            let gp = level_roots.find(p);
+            group.push(gp);
+            let root = level_roots.roots[p as usize];
+            uf.add_counts(root, &mut totals[gp as usize * ncls..][..ncls]);
+            let h = uf.rank[root as usize] + u8::from(gp != p);
+            height[gp as usize] = height[gp as usize].max(h);
         }
-        // Pass 2: groups within the caps linked as they come; the others'
-        // edges kept for the ordered pass.
-        ordered.clear();
-        for &(p, i) in &joined {
-            let (a, b) = level_edges[i as usize];
-            if over[level_roots.find(p) as usize] {
-                let (ha, hb) = (g.key_hash(a), g.key_hash(b));
-                let (lo, hi) = if ha <= hb { (ha, hb) } else { (hb, ha) };
-                ordered.push((lo, hi, a, b));
+        over.clear();
+        over.extend((0..touched).map(|gp| (0..ncls).any(|c| totals[gp * ncls + c] > nr.caps[c])));
+        // Pass 2: a group within the caps becomes one person at once, its
+        // roots under the first one touched; the edges of the others are
+        // kept for the ordered pass.
+        for p in 0..touched {
+            let gp = group[p] as usize;
+            if over[gp] {
                 continue;
             }
-            let (ra, rb) = (uf.find(a), uf.find(b));
-            if ra != rb {
-                uf.link(ra, rb);
+            let (root, rep) = (level_roots.roots[p], level_roots.roots[gp]);
+            if p != gp {
+                uf.parent[root as usize] = rep;
+            } else {
+                uf.rank[rep as usize] = height[gp];
+                uf.set_counts(rep, &totals[gp * ncls..][..ncls]);
+            }
+        }
+        ordered.clear();
+        if over.contains(&true) {
+            for &(p, i) in &joined {
+                if over[group[p as usize] as usize] {
+                    let (a, b) = level_edges[i as usize];
+                    let (ha, hb) = (g.key_hash(a), g.key_hash(b));
+                    let (lo, hi) = if ha <= hb { (ha, hb) } else { (hb, ha) };
+                    ordered.push((lo, hi, a, b));
+                }
             }
         }
         level_roots.clear();
@@ -536,22 +596,9 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         ordered.sort_unstable();
         sequential += ordered.len();
         for &(_, _, a, b) in &ordered {
-            let (ra, rb) = (uf.find(a), uf.find(b));
-            if ra == rb {
-                continue;
+            if let Some(r) = uf.union_capped(a, b, &nr, &mut held) {
+                refused.push(r);
             }
-            let held = |c: usize| uf.count(ra, c) + uf.count(rb, c);
-            if let Some(c) = (0..ncls).find(|&c| held(c) > nr.caps[c]) {
-                refused.push(Refusal {
-                    a,
-                    b,
-                    class: nr.class_names[c].clone(),
-                    would_hold: held(c),
-                    cap: nr.caps[c],
-                });
-                continue;
-            }
-            uf.link(ra, rb);
         }
     }
     drop(level_roots);
@@ -700,8 +747,8 @@ mod tests {
             .collect();
         by_priority.sort_unstable();
 
+        let mut held = Vec::new();
         let mut uf = CappedUnionFind::new(&nr);
-        let ncls = nr.caps.len();
         // A bitset: an eighth of a `Vec<bool>`, so it stays in cache while edges
         // are checked against it.
         let mut quarantined_flag = Bits::new(n);
@@ -742,22 +789,9 @@ mod tests {
                 if quarantined_flag.get(a) || quarantined_flag.get(b) {
                     continue;
                 }
-                let (ra, rb) = (uf.find(a), uf.find(b));
-                if ra == rb {
-                    continue;
+                if let Some(r) = uf.union_capped(a, b, &nr, &mut held) {
+                    refused.push(r);
                 }
-                let held = |c: usize| uf.count(ra, c) + uf.count(rb, c);
-                if let Some(c) = (0..ncls).find(|&c| held(c) > nr.caps[c]) {
-                    refused.push(Refusal {
-                        a,
-                        b,
-                        class: nr.class_names[c].clone(),
-                        would_hold: held(c),
-                        cap: nr.caps[c],
-                    });
-                    continue;
-                }
-                uf.link(ra, rb);
             }
         }
         // Values only in weaker edges than any applied: still guard-free (they link nothing).
