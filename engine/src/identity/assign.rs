@@ -80,14 +80,17 @@ pub(crate) struct Assignment {
     pub kept: u64,
 }
 
-fn make_id(seed: u64, ordinal: u32, taken: &HashSet<String>) -> String {
+/// A person id for a new person (shown as 16 hex digits): a hash of its
+/// oldest value's content hash and its ordinal, salted until no previous
+/// person holds it.
+fn make_id(seed: u64, ordinal: u32, taken: &HashSet<u64>) -> u64 {
     let mut salt = 0u64;
     loop {
         let mut buf = [0u8; 20];
         buf[..8].copy_from_slice(&seed.to_le_bytes());
         buf[8..12].copy_from_slice(&ordinal.to_le_bytes());
         buf[12..].copy_from_slice(&salt.to_le_bytes());
-        let id = format!("{:016x}", xxh3_64(&buf));
+        let id = xxh3_64(&buf);
         if !taken.contains(&id) {
             return id;
         }
@@ -137,62 +140,66 @@ pub(crate) fn assign(
             pairs.push(u64::from(p) << 32 | u64::from(q));
         }
     }
-    // Heir of every previous person; the components each one reached.
-    let mut heir: HashMap<u32, (u32, u32)> = HashMap::new();
-    let mut reached: HashMap<u32, Vec<u32>> = HashMap::new();
+    // Heir of every previous person and how many components it reached, in
+    // arrays over the previous persons (a map entry per person cost more than
+    // the rest of the pass).
+    let nq = prev.persons.len();
+    let mut heir: Vec<(u32, u32)> = vec![(NONE, 0); nq];
+    let mut reached = vec![0u32; nq];
     pairs.sort_unstable();
-    let entries: Vec<((u32, u32), u32)> = pairs
+    let entries: Vec<(u32, u32, u32)> = pairs
         .chunk_by(|a, b| a == b)
-        .map(|run| (((run[0] >> 32) as u32, run[0] as u32), run.len() as u32))
+        .map(|run| ((run[0] >> 32) as u32, run[0] as u32, run.len() as u32))
         .collect();
     drop(pairs);
-    for &((p, q), count) in &entries {
-        reached.entry(q).or_default().push(p);
-        let better = match heir.get(&q) {
-            None => true,
-            Some(&(best, best_count)) => {
-                count > best_count
-                    || (count == best_count && oldest[p as usize] < oldest[best as usize])
-            }
-        };
+    for &(p, q, count) in &entries {
+        reached[q as usize] += 1;
+        let (best, best_count) = heir[q as usize];
+        let better = best == NONE
+            || count > best_count
+            || (count == best_count && oldest[p as usize] < oldest[best as usize]);
         if better {
-            heir.insert(q, (p, count));
+            heir[q as usize] = (p, count);
         }
     }
-    let mut claimants: Vec<Vec<u32>> = vec![Vec::new(); np];
-    for (&q, &(p, _)) in &heir {
-        claimants[p as usize].push(q);
-    }
+    // The previous persons each component is heir to, oldest (lowest ordinal) first.
+    let mut claims: Vec<(u32, u32, u32)> = heir
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.0 != NONE)
+        .map(|(q, &(p, _))| (p, prev.persons[q].ordinal, q as u32))
+        .collect();
+    claims.sort_unstable();
     let mut previous = prev.persons.clone();
-    let mut taken: HashSet<String> = prev.persons.iter().map(|p| p.person_id.clone()).collect();
+    let mut taken: HashSet<u64> = prev
+        .persons
+        .iter()
+        .filter_map(|p| u64::from_str_radix(&p.person_id, 16).ok())
+        .collect();
     let mut persons: Vec<Option<Person>> = vec![None; np];
     let mut changes = Vec::new();
     // Merges, by component: their evidence is filled in below.
     let mut merged: HashMap<u32, usize> = HashMap::new();
     let (mut merges, mut kept) = (0u64, 0u64);
-    for p in 0..np {
-        let cl = &mut claimants[p];
-        if cl.is_empty() {
-            continue;
-        }
-        cl.sort_unstable_by_key(|&q| prev.persons[q as usize].ordinal);
-        let survivor = &prev.persons[cl[0] as usize];
-        persons[p] = Some(Person {
+    for cl in claims.chunk_by(|a, b| a.0 == b.0) {
+        let (p, _, first) = cl[0];
+        let survivor = &prev.persons[first as usize];
+        persons[p as usize] = Some(Person {
             person_id: survivor.person_id.clone(),
             ordinal: survivor.ordinal,
             created_at: survivor.created_at,
         });
-        if reached.get(&cl[0]).is_some_and(|r| r.len() == 1) {
+        if reached[first as usize] == 1 {
             kept += 1;
         }
         if cl.len() > 1 {
             let mut ids = vec![survivor.person_id.clone()];
-            for &q in &cl[1..] {
+            for &(_, _, q) in &cl[1..] {
                 previous[q as usize].merged_into = Some(survivor.person_id.clone());
                 ids.push(prev.persons[q as usize].person_id.clone());
                 merges += 1;
             }
-            merged.insert(p as u32, changes.len());
+            merged.insert(p, changes.len());
             changes.push(Change {
                 kind: "merge",
                 person_ids: ids,
@@ -223,9 +230,9 @@ pub(crate) fn assign(
     new.sort_unstable_by_key(|&p| oldest[p as usize]);
     for (ordinal, &p) in (prev.next_ordinal()..).zip(&new) {
         let id = make_id(oldest[p as usize].1, ordinal, &taken);
-        taken.insert(id.clone());
+        taken.insert(id);
         persons[p as usize] = Some(Person {
-            person_id: id,
+            person_id: format!("{id:016x}"),
             ordinal,
             created_at: now,
         });
@@ -233,22 +240,24 @@ pub(crate) fn assign(
     let persons: Vec<Person> = persons.into_iter().flatten().collect();
     // Splits: a previous person whose values went to more than one component.
     let mut splits = 0u64;
-    let mut split_from: Vec<(&u32, &Vec<u32>)> =
-        reached.iter().filter(|(_, r)| r.len() > 1).collect();
-    split_from.sort_unstable();
-    for (&q, parts) in split_from {
-        let Some(&(heir_p, _)) = heir.get(&q) else {
-            continue;
-        };
-        let mut ids = vec![prev.persons[q as usize].person_id.clone()];
-        for &p in parts.iter().filter(|&&p| p != heir_p) {
+    let mut parts: Vec<(u32, u32)> = entries
+        .iter()
+        .filter(|&&(_, q, _)| reached[q as usize] > 1)
+        .map(|&(p, q, _)| (q, p))
+        .collect();
+    parts.sort_unstable();
+    for run in parts.chunk_by(|a, b| a.0 == b.0) {
+        let q = run[0].0 as usize;
+        let heir_p = heir[q].0;
+        let mut ids = vec![prev.persons[q].person_id.clone()];
+        for &(_, p) in run.iter().filter(|&&(_, p)| p != heir_p) {
             ids.push(persons[p as usize].person_id.clone());
         }
         splits += 1;
         changes.push(Change {
             kind: "split",
             person_ids: ids,
-            evidence: serde_json::json!({ "kept_by": persons[heir_p as usize].person_id, "parts": parts.len() }).to_string(),
+            evidence: serde_json::json!({ "kept_by": persons[heir_p as usize].person_id, "parts": run.len() }).to_string(),
         });
     }
     // Live persons no value of which is in any component now: retired, no redirect.
@@ -256,10 +265,7 @@ pub(crate) fn assign(
         if scope.is_some_and(|s| !s.contains(&(q as u32))) {
             continue;
         }
-        if person.merged_into.is_none()
-            && !reached.contains_key(&(q as u32))
-            && !heir.contains_key(&(q as u32))
-        {
+        if person.merged_into.is_none() && reached[q] == 0 {
             person.merged_into = Some(String::new());
         }
     }

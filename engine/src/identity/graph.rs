@@ -305,7 +305,7 @@ fn with_key<T>(kind: &str, value: &str, f: impl FnOnce(&[u8]) -> T) -> T {
     f(buf)
 }
 
-fn edge_key(a: u32, b: u32) -> u64 {
+pub(crate) fn edge_key(a: u32, b: u32) -> u64 {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
     (u64::from(lo) << 32) | u64::from(hi)
 }
@@ -400,9 +400,15 @@ impl Graph {
     /// across runs: a probe touches the index and one key, never the strings.
     pub fn intern(&mut self, kind: &str, value: &str) -> u32 {
         let key = key128(kind, value);
-        if let Some(n) = self.node_of(key) {
-            return n;
+        match self.node_of(key) {
+            Some(n) => n,
+            None => self.new_node(kind, value, key, key_hash(kind, value)),
         }
+    }
+
+    /// Appends a node whose keys are computed: `key` = [`key128`] and `hash`
+    /// = [`key_hash`] of `(kind, value)`.
+    fn new_node(&mut self, kind: &str, value: &str, key: u128, hash: u64) -> u32 {
         let k = match self.kind_index.get(kind) {
             Some(&k) => k,
             None => {
@@ -416,7 +422,7 @@ impl Graph {
         self.kind_of.push(k);
         self.arena.push_str(value);
         self.ends.push(self.arena.len());
-        self.hashes.push(key_hash(kind, value));
+        self.hashes.push(hash);
         self.keys.push(key);
         self.seen.push((i64::MAX, i64::MIN));
         self.index.insert(key, n);
@@ -429,6 +435,52 @@ impl Graph {
         let seen = &mut self.seen[n as usize];
         *seen = (seen.0.min(first_seen), seen.1.max(last_seen));
         n
+    }
+
+    /// Adds a node as a snapshot holds it, its keys computed when it was
+    /// written (`key` = [`key128`], `hash` = [`key_hash`] of `(kind, value)`),
+    /// so a load hashes nothing.
+    pub fn push_keyed(
+        &mut self,
+        kind: &str,
+        value: &str,
+        (key, hash): (u128, u64),
+        first_seen: i64,
+        last_seen: i64,
+    ) -> u32 {
+        let n = match self.node_of(key) {
+            Some(n) => n,
+            None => self.new_node(kind, value, key, hash),
+        };
+        let seen = &mut self.seen[n as usize];
+        *seen = (seen.0.min(first_seen), seen.1.max(last_seen));
+        n
+    }
+
+    /// Room for `nodes` more nodes holding `bytes` more value bytes.
+    pub fn reserve(&mut self, nodes: usize, bytes: usize) {
+        self.kind_of.reserve(nodes);
+        self.arena.reserve(bytes);
+        self.ends.reserve(nodes);
+        self.hashes.reserve(nodes);
+        self.keys.reserve(nodes);
+        self.seen.reserve(nodes);
+        self.index.reserve(nodes);
+    }
+
+    /// Adds links given in key order without duplicates (as a snapshot holds
+    /// them) in one step; links in any other order are added one by one.
+    pub fn add_sorted_links(&mut self, links: Vec<(u64, u32)>) {
+        let n = self.kind_of.len();
+        let strictly_sorted = links.windows(2).all(|w| w[0].0 < w[1].0);
+        if strictly_sorted && self.links.sorted.is_empty() && self.links.pending.is_empty() {
+            self.links.sorted = links;
+            self.links.node_bits = (usize::BITS - n.leading_zeros()).max(1);
+        } else {
+            for (key, events) in links {
+                self.links.push(key, events, n);
+            }
+        }
     }
 
     /// Adds `events` to the link between `a` and `b`.

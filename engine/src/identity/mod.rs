@@ -177,13 +177,17 @@ impl Workspace {
             && state.run > 0
             && let Some(from) = state.events_version
             && let Some(files) = snapshot::added_files(&table, from, version).await?
-            && let Some(g) = snapshot::read(&dir, state.run)?
+            && let Some(snap) = snapshot::read(&dir, state.run)?
         {
-            base = Some((g, files));
+            base = Some((snap, files));
         }
         let incremental = base.is_some();
+        // The owners the last run gave the snapshot's nodes, when it kept them.
+        let mut base_ordinals = None;
         let mut g = match base {
-            Some((mut g, files)) => {
+            Some((snap, files)) => {
+                base_ordinals = snap.ordinals;
+                let mut g = snap.graph;
                 let before = g.events;
                 g.track = true;
                 snapshot::read_files(&table, &files, &mut g, &compiled).await?;
@@ -245,7 +249,8 @@ impl Workspace {
 
         // Assign stable ids; carry every person outside the scope over.
         let t = Instant::now();
-        let prev = tables::read_previous(&dir).await?;
+        let prev = tables::read_previous(&dir, base_ordinals.as_deref().map(|o| (&*g, o))).await?;
+        drop(base_ordinals);
         let previous_persons = prev
             .persons
             .iter()
@@ -352,9 +357,16 @@ impl Workspace {
             // The snapshot (plain Arrow files) is written on a blocking
             // thread while the Delta tables are encoded here: the state file
             // below, which makes both current, waits for both.
+            let ordinals: Vec<u32> = node_person
+                .iter()
+                .map(|&p| match p {
+                    components::NONE => components::NONE,
+                    p => persons[p as usize].ordinal,
+                })
+                .collect();
             let snap = {
                 let (dir, g) = (dir.clone(), std::sync::Arc::clone(&g));
-                tokio::task::spawn_blocking(move || snapshot::write(&dir, run, &g))
+                tokio::task::spawn_blocking(move || snapshot::write(&dir, run, &g, &ordinals))
             };
             let outputs = tables::write_outputs(
                 &dir,

@@ -4,14 +4,26 @@
 //!
 //! Snapshot layout, written per run into `identity_graph-<run>/` and made
 //! current by the state file (older ones are removed after):
-//! - `nodes.arrow`: `kind, value, first_seen, last_seen` in node order;
-//! - `links.arrow`: `a, b, events` (node indexes, `a < b`).
+//! - `nodes.arrow`: `kind, value, first_seen, last_seen` in node order, then
+//!   the node's keys (`key_lo, key_hi`: [`key128`](super::graph::key128);
+//!   `hash`: [`key_hash`](super::graph::key_hash)), so a load hashes nothing,
+//!   and `ordinal`: the person the run gave the node (null for none), so the
+//!   next incremental run need not read the `identifiers` table back;
+//! - `links.arrow`: `a, b, events` (node indexes, `a < b`), in key order.
+//!
+//! A snapshot written before the keys and ordinals were kept has only the
+//! first four node columns; it is read by hashing the values again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringBuilder, UInt32Array};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, PrimitiveArray, RecordBatch, StringArray, StringBuilder,
+    UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type, UInt64Type,
+};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use deltalake_core::DeltaTable;
@@ -21,7 +33,8 @@ use deltalake_core::logstore::object_store::ObjectStoreExt;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::graph::{Graph, edge_ends};
+use super::components::NONE;
+use super::graph::{Graph, edge_ends, edge_key};
 use super::rules::CompiledRules;
 use crate::{Error, Result};
 
@@ -33,7 +46,19 @@ fn nodes_schema() -> SchemaRef {
         Field::new("value", DataType::Utf8, false),
         Field::new("first_seen", DataType::Int64, false),
         Field::new("last_seen", DataType::Int64, false),
+        Field::new("key_lo", DataType::UInt64, false),
+        Field::new("key_hi", DataType::UInt64, false),
+        Field::new("hash", DataType::UInt64, false),
+        Field::new("ordinal", DataType::UInt32, true),
     ]))
+}
+
+/// A snapshot read back.
+pub(crate) struct Snapshot {
+    pub graph: Graph,
+    /// Per node, the ordinal of the person that run gave it ([`NONE`] for
+    /// none); `None` for a snapshot from before ordinals were kept.
+    pub ordinals: Option<Vec<u32>>,
 }
 
 fn links_schema() -> SchemaRef {
@@ -67,8 +92,16 @@ fn write_file(
     file.sync_all().map_err(|e| Error::io(path, e))
 }
 
-/// Writes `g` as the snapshot of run `run` (fsynced).
-pub(crate) fn write(ws_dir: &Path, run: u64, g: &Graph) -> Result<()> {
+/// Writes `g` as the snapshot of run `run` (fsynced), with `ordinals[n]` the
+/// ordinal of node `n`'s person ([`NONE`] for none).
+pub(crate) fn write(ws_dir: &Path, run: u64, g: &Graph, ordinals: &[u32]) -> Result<()> {
+    if ordinals.len() != g.len() {
+        return Err(Error::Internal(format!(
+            "identity snapshot: {} ordinals for {} nodes",
+            ordinals.len(),
+            g.len()
+        )));
+    }
     let dir = dir_of(ws_dir, run);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -91,6 +124,20 @@ pub(crate) fn write(ws_dir: &Path, run: u64, g: &Graph) -> Result<()> {
             )),
             Arc::new(Int64Array::from_iter_values(
                 (start..end).map(|n| g.last_seen(n as u32)),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                (start..end).map(|n| g.key(n as u32) as u64),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                (start..end).map(|n| (g.key(n as u32) >> 64) as u64),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                (start..end).map(|n| g.key_hash(n as u32)),
+            )),
+            Arc::new(UInt32Array::from_iter(
+                ordinals[start..end]
+                    .iter()
+                    .map(|&o| (o != NONE).then_some(o)),
             )),
         ];
         Ok(RecordBatch::try_new(nodes_schema(), cols)?)
@@ -125,46 +172,102 @@ fn reader(path: &Path) -> Result<FileReader<std::io::BufReader<std::fs::File>>> 
 }
 
 /// Reads the snapshot of run `run`, if it is there.
-pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Graph>> {
+pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
     let dir = dir_of(ws_dir, run);
     if !dir.join("links.arrow").is_file() {
         return Ok(None);
     }
+    let damaged =
+        |what: &str| Error::Internal(format!("identity snapshot `{}`: {what}", dir.display()));
     let mut g = Graph::default();
-    for batch in reader(&dir.join("nodes.arrow"))? {
+    let nodes = reader(&dir.join("nodes.arrow"))?;
+    let keyed = nodes.schema().column_with_name("ordinal").is_some();
+    let mut ordinals = Vec::new();
+    for batch in nodes {
         let batch = batch?;
-        let kinds = batch.column(0).as_string::<i32>();
-        let values = batch.column(1).as_string::<i32>();
-        let first = batch.column(2).as_primitive::<Int64Type>();
-        let last = batch.column(3).as_primitive::<Int64Type>();
+        let kinds = strings(&batch, "kind").map_err(|e| damaged(&e))?;
+        let values = strings(&batch, "value").map_err(|e| damaged(&e))?;
+        let first = numbers::<Int64Type>(&batch, "first_seen").map_err(|e| damaged(&e))?;
+        let last = numbers::<Int64Type>(&batch, "last_seen").map_err(|e| damaged(&e))?;
+        if !keyed {
+            for i in 0..batch.num_rows() {
+                g.push_node(
+                    kinds.value(i),
+                    values.value(i),
+                    first.value(i),
+                    last.value(i),
+                );
+            }
+            continue;
+        }
+        let lo = numbers::<UInt64Type>(&batch, "key_lo").map_err(|e| damaged(&e))?;
+        let hi = numbers::<UInt64Type>(&batch, "key_hi").map_err(|e| damaged(&e))?;
+        let hash = numbers::<UInt64Type>(&batch, "hash").map_err(|e| damaged(&e))?;
+        let ordinal = numbers::<UInt32Type>(&batch, "ordinal").map_err(|e| damaged(&e))?;
+        g.reserve(batch.num_rows(), values.value_data().len());
         for i in 0..batch.num_rows() {
-            g.push_node(
+            let key = u128::from(lo.value(i)) | (u128::from(hi.value(i)) << 64);
+            let n = g.push_keyed(
                 kinds.value(i),
                 values.value(i),
+                (key, hash.value(i)),
                 first.value(i),
                 last.value(i),
             );
+            if n as usize != ordinals.len() {
+                return Err(damaged(&format!(
+                    "node {} repeats node {n}",
+                    ordinals.len()
+                )));
+            }
+            ordinals.push(if ordinal.is_null(i) {
+                NONE
+            } else {
+                ordinal.value(i)
+            });
         }
     }
     let n = g.len() as u32;
+    let mut links = Vec::new();
     for batch in reader(&dir.join("links.arrow"))? {
         let batch = batch?;
-        let a = batch.column(0).as_primitive::<UInt32Type>();
-        let b = batch.column(1).as_primitive::<UInt32Type>();
-        let ev = batch.column(2).as_primitive::<UInt32Type>();
+        let a = numbers::<UInt32Type>(&batch, "a").map_err(|e| damaged(&e))?;
+        let b = numbers::<UInt32Type>(&batch, "b").map_err(|e| damaged(&e))?;
+        let ev = numbers::<UInt32Type>(&batch, "events").map_err(|e| damaged(&e))?;
+        links.reserve(batch.num_rows());
         for i in 0..batch.num_rows() {
-            if a.value(i) >= n || b.value(i) >= n {
-                return Err(Error::Internal(format!(
-                    "identity snapshot `{}`: link to node {} of {n}",
-                    dir.display(),
-                    a.value(i).max(b.value(i))
-                )));
+            let (a, b) = (a.value(i), b.value(i));
+            if a >= n || b >= n {
+                return Err(damaged(&format!("link to node {} of {n}", a.max(b))));
             }
-            g.add_link(a.value(i), b.value(i), ev.value(i));
+            links.push((edge_key(a, b), ev.value(i)));
         }
     }
+    g.add_sorted_links(links);
     g.seal();
-    Ok(Some(g))
+    Ok(Some(Snapshot {
+        graph: g,
+        ordinals: keyed.then_some(ordinals),
+    }))
+}
+
+/// Column `name` of `batch` as strings.
+fn strings<'a>(batch: &'a RecordBatch, name: &str) -> std::result::Result<&'a StringArray, String> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| format!("no string column `{name}`"))
+}
+
+/// Column `name` of `batch` as numbers of type `T`.
+fn numbers<'a, T: ArrowPrimitiveType>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> std::result::Result<&'a PrimitiveArray<T>, String> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<T>())
+        .ok_or_else(|| format!("no column `{name}` of type {}", T::DATA_TYPE))
 }
 
 /// Removes snapshots other than run `keep`'s.
@@ -276,9 +379,7 @@ pub(crate) fn node_count(ws_dir: &Path, run: u64) -> usize {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_graph_round_trips_through_its_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
+    fn graph() -> Graph {
         let mut g = Graph::default();
         let a = g.intern("phone", "+8613800138000");
         let b = g.intern("email", "a@b.cn");
@@ -286,20 +387,74 @@ mod tests {
         g.add_event(&mut vec![a, b], 10);
         g.add_event(&mut vec![a, b, c], 20);
         g.seal();
-        write(dir.path(), 3, &g).unwrap();
-        assert_eq!(node_count(dir.path(), 3), 3);
-        let back = read(dir.path(), 3).unwrap().unwrap();
-        assert_eq!(back.len(), 3);
-        for n in 0..3 {
+        g
+    }
+
+    fn same_graph(back: &Graph, g: &Graph) {
+        assert_eq!(back.len(), g.len());
+        for n in 0..g.len() as u32 {
             assert_eq!((back.kind(n), back.value(n)), (g.kind(n), g.value(n)));
+            assert_eq!((back.key(n), back.key_hash(n)), (g.key(n), g.key_hash(n)));
             assert_eq!(back.first_seen(n), g.first_seen(n));
             assert_eq!(back.last_seen(n), g.last_seen(n));
+            assert_eq!(back.find(g.kind(n), g.value(n)), Some(n));
         }
         assert_eq!(back.links(), g.links());
+    }
+
+    #[test]
+    fn a_graph_round_trips_through_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = graph();
+        let ordinals = [7, NONE, 7];
+        write(dir.path(), 3, &g, &ordinals).unwrap();
+        assert_eq!(node_count(dir.path(), 3), 3);
+        let back = read(dir.path(), 3).unwrap().unwrap();
+        same_graph(&back.graph, &g);
+        assert_eq!(back.ordinals.as_deref(), Some(&ordinals[..]));
         assert!(read(dir.path(), 4).unwrap().is_none());
-        write(dir.path(), 4, &g).unwrap();
+        assert!(write(dir.path(), 4, &g, &[1]).is_err());
+        write(dir.path(), 4, &g, &ordinals).unwrap();
         prune(dir.path(), 4).unwrap();
         assert!(read(dir.path(), 3).unwrap().is_none());
         assert!(read(dir.path(), 4).unwrap().is_some());
+    }
+
+    /// A snapshot from before the keys and ordinals were kept is read by
+    /// hashing its values, and says it has no ordinals.
+    #[test]
+    fn a_snapshot_without_keys_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = graph();
+        write(dir.path(), 1, &g, &[NONE; 3]).unwrap();
+        let path = dir_of(dir.path(), 1).join("nodes.arrow");
+        let full: Vec<RecordBatch> = reader(&path).unwrap().map(|b| b.unwrap()).collect();
+        let old: Vec<RecordBatch> = full
+            .iter()
+            .map(|b| b.project(&[0, 1, 2, 3]).unwrap())
+            .collect();
+        let schema = old[0].schema();
+        write_file(&path, schema, old.into_iter().map(Ok)).unwrap();
+        let back = read(dir.path(), 1).unwrap().unwrap();
+        same_graph(&back.graph, &g);
+        assert!(back.ordinals.is_none());
+    }
+
+    /// A damaged snapshot is an error naming the column, not a panic.
+    #[test]
+    fn a_damaged_snapshot_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = graph();
+        write(dir.path(), 1, &g, &[NONE; 3]).unwrap();
+        let path = dir_of(dir.path(), 1).join("links.arrow");
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["x"])) as ArrayRef],
+        )
+        .unwrap();
+        write_file(&path, schema, std::iter::once(Ok(batch))).unwrap();
+        let err = read(dir.path(), 1).err().unwrap().to_string();
+        assert!(err.contains("`a`"), "{err}");
     }
 }

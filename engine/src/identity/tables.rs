@@ -439,7 +439,11 @@ pub(crate) fn times(array: &ArrayRef) -> Result<Vec<i64>> {
 /// Strings are borrowed from the scanned batches, not copied per row, and an
 /// `identifiers` row finds its person by ordinal (dense, never reused), not
 /// by id: the table holds a row per value ever seen.
-pub(crate) async fn read_previous(dir: &Path) -> Result<Previous> {
+///
+/// With `known` — the last run's graph snapshot and the ordinal it gave each
+/// of its nodes (what `identifiers` holds, keyed already) — `identifiers` is
+/// not read at all.
+pub(crate) async fn read_previous(dir: &Path, known: Option<(&Graph, &[u32])>) -> Result<Previous> {
     let mut prev = Previous::default();
     let persons = scan(
         &dir.join(PERSONS),
@@ -482,6 +486,29 @@ pub(crate) async fn read_previous(dir: &Path) -> Result<Previous> {
             });
         }
     }
+    let person_of = |ord: i64| {
+        usize::try_from(ord)
+            .ok()
+            .and_then(|o| by_ordinal.get(o))
+            .copied()
+            .filter(|&p| p != NONE)
+    };
+    if let Some((g, ordinals)) = known {
+        prev.owner
+            .reserve(ordinals.iter().filter(|&&o| o != NONE).count());
+        for (n, &ord) in ordinals.iter().enumerate().filter(|(_, o)| **o != NONE) {
+            let n = n as u32;
+            let Some(p) = person_of(i64::from(ord)) else {
+                return Err(Error::Internal(format!(
+                    "identity snapshot node {}:{} names ordinal {ord}, which `persons` does not hold",
+                    g.kind(n),
+                    g.value(n)
+                )));
+            };
+            prev.owner.insert(g.key(n), p);
+        }
+        return Ok(prev);
+    }
     let identifiers = scan(&dir.join(IDENTIFIERS), &["kind", "value", "ordinal"]).await?;
     prev.owner
         .reserve(identifiers.iter().map(RecordBatch::num_rows).sum::<usize>());
@@ -493,12 +520,7 @@ pub(crate) async fn read_previous(dir: &Path) -> Result<Previous> {
             let (Some(k), Some(v)) = (kinds.get(i), values.get(i)) else {
                 continue;
             };
-            let p = usize::try_from(ord)
-                .ok()
-                .and_then(|o| by_ordinal.get(o))
-                .copied()
-                .filter(|&p| p != NONE);
-            let Some(p) = p else {
+            let Some(p) = person_of(ord) else {
                 return Err(Error::Internal(format!(
                     "identifiers row {k}:{v} names ordinal {ord}, which `persons` does not hold"
                 )));
