@@ -567,8 +567,8 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         // Pass 2: a group within the caps becomes one person at once, its
         // roots under the first one touched; the edges of the others are
         // kept for the ordered pass.
-        for p in 0..touched {
-            let gp = group[p] as usize;
+        for (p, &gp) in group.iter().enumerate() {
+            let gp = gp as usize;
             if over[gp] {
                 continue;
             }
