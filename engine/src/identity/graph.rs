@@ -429,17 +429,9 @@ impl Graph {
         n
     }
 
-    /// Adds a node with its first and last seen times (as a snapshot holds it).
-    pub fn push_node(&mut self, kind: &str, value: &str, first_seen: i64, last_seen: i64) -> u32 {
-        let n = self.intern(kind, value);
-        let seen = &mut self.seen[n as usize];
-        *seen = (seen.0.min(first_seen), seen.1.max(last_seen));
-        n
-    }
-
-    /// Adds a node as a snapshot holds it, its keys computed when it was
-    /// written (`key` = [`key128`], `hash` = [`key_hash`] of `(kind, value)`),
-    /// so a load hashes nothing.
+    /// Adds a node with its first and last seen times and its keys already
+    /// computed (`key` = [`key128`], `hash` = [`key_hash`] of `(kind, value)`),
+    /// as a snapshot or another graph holds them, so nothing is hashed.
     pub fn push_keyed(
         &mut self,
         kind: &str,
@@ -513,9 +505,10 @@ impl Graph {
         let mut sub = Graph::default();
         let mut index: HashMap<u32, u32> = HashMap::with_capacity(nodes.len());
         for &n in nodes {
-            let i = sub.push_node(
+            let i = sub.push_keyed(
                 self.kind(n),
                 self.value(n),
+                (self.key(n), self.key_hash(n)),
                 self.first_seen(n),
                 self.last_seen(n),
             );

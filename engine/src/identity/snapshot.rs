@@ -34,7 +34,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::components::NONE;
-use super::graph::{Graph, edge_ends, edge_key};
+use super::graph::{Graph, edge_ends, edge_key, key_hash, key128};
 use super::rules::CompiledRules;
 use crate::{Error, Result};
 
@@ -177,33 +177,33 @@ pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
     if !dir.join("links.arrow").is_file() {
         return Ok(None);
     }
-    let damaged =
-        |what: &str| Error::Internal(format!("identity snapshot `{}`: {what}", dir.display()));
     let mut g = Graph::default();
     let nodes = reader(&dir.join("nodes.arrow"))?;
     let keyed = nodes.schema().column_with_name("ordinal").is_some();
     let mut ordinals = Vec::new();
     for batch in nodes {
         let batch = batch?;
-        let kinds = strings(&batch, "kind").map_err(|e| damaged(&e))?;
-        let values = strings(&batch, "value").map_err(|e| damaged(&e))?;
-        let first = numbers::<Int64Type>(&batch, "first_seen").map_err(|e| damaged(&e))?;
-        let last = numbers::<Int64Type>(&batch, "last_seen").map_err(|e| damaged(&e))?;
+        let kinds = strings(&batch, "kind", &dir)?;
+        let values = strings(&batch, "value", &dir)?;
+        let first = numbers::<Int64Type>(&batch, "first_seen", &dir)?;
+        let last = numbers::<Int64Type>(&batch, "last_seen", &dir)?;
         if !keyed {
             for i in 0..batch.num_rows() {
-                g.push_node(
-                    kinds.value(i),
-                    values.value(i),
+                let (kind, value) = (kinds.value(i), values.value(i));
+                g.push_keyed(
+                    kind,
+                    value,
+                    (key128(kind, value), key_hash(kind, value)),
                     first.value(i),
                     last.value(i),
                 );
             }
             continue;
         }
-        let lo = numbers::<UInt64Type>(&batch, "key_lo").map_err(|e| damaged(&e))?;
-        let hi = numbers::<UInt64Type>(&batch, "key_hi").map_err(|e| damaged(&e))?;
-        let hash = numbers::<UInt64Type>(&batch, "hash").map_err(|e| damaged(&e))?;
-        let ordinal = numbers::<UInt32Type>(&batch, "ordinal").map_err(|e| damaged(&e))?;
+        let lo = numbers::<UInt64Type>(&batch, "key_lo", &dir)?;
+        let hi = numbers::<UInt64Type>(&batch, "key_hi", &dir)?;
+        let hash = numbers::<UInt64Type>(&batch, "hash", &dir)?;
+        let ordinal = numbers::<UInt32Type>(&batch, "ordinal", &dir)?;
         g.reserve(batch.num_rows(), values.value_data().len());
         for i in 0..batch.num_rows() {
             let key = u128::from(lo.value(i)) | (u128::from(hi.value(i)) << 64);
@@ -215,10 +215,10 @@ pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
                 last.value(i),
             );
             if n as usize != ordinals.len() {
-                return Err(damaged(&format!(
-                    "node {} repeats node {n}",
-                    ordinals.len()
-                )));
+                return Err(damaged(
+                    &dir,
+                    &format!("node {} repeats node {n}", ordinals.len()),
+                ));
             }
             ordinals.push(if ordinal.is_null(i) {
                 NONE
@@ -231,14 +231,14 @@ pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
     let mut links = Vec::new();
     for batch in reader(&dir.join("links.arrow"))? {
         let batch = batch?;
-        let a = numbers::<UInt32Type>(&batch, "a").map_err(|e| damaged(&e))?;
-        let b = numbers::<UInt32Type>(&batch, "b").map_err(|e| damaged(&e))?;
-        let ev = numbers::<UInt32Type>(&batch, "events").map_err(|e| damaged(&e))?;
+        let a = numbers::<UInt32Type>(&batch, "a", &dir)?;
+        let b = numbers::<UInt32Type>(&batch, "b", &dir)?;
+        let ev = numbers::<UInt32Type>(&batch, "events", &dir)?;
         links.reserve(batch.num_rows());
         for i in 0..batch.num_rows() {
             let (a, b) = (a.value(i), b.value(i));
             if a >= n || b >= n {
-                return Err(damaged(&format!("link to node {} of {n}", a.max(b))));
+                return Err(damaged(&dir, &format!("link to node {} of {n}", a.max(b))));
             }
             links.push((edge_key(a, b), ev.value(i)));
         }
@@ -251,23 +251,29 @@ pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
     }))
 }
 
-/// Column `name` of `batch` as strings.
-fn strings<'a>(batch: &'a RecordBatch, name: &str) -> std::result::Result<&'a StringArray, String> {
+/// The error for a snapshot in `dir` that does not hold what it should.
+fn damaged(dir: &Path, what: &str) -> Error {
+    Error::Internal(format!("identity snapshot `{}`: {what}", dir.display()))
+}
+
+/// Column `name` of `batch` (a file of the snapshot in `dir`) as strings.
+fn strings<'a>(batch: &'a RecordBatch, name: &str, dir: &Path) -> Result<&'a StringArray> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| format!("no string column `{name}`"))
+        .ok_or_else(|| damaged(dir, &format!("no string column `{name}`")))
 }
 
-/// Column `name` of `batch` as numbers of type `T`.
+/// Column `name` of `batch` (a file of the snapshot in `dir`) as numbers of type `T`.
 fn numbers<'a, T: ArrowPrimitiveType>(
     batch: &'a RecordBatch,
     name: &str,
-) -> std::result::Result<&'a PrimitiveArray<T>, String> {
+    dir: &Path,
+) -> Result<&'a PrimitiveArray<T>> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_primitive_opt::<T>())
-        .ok_or_else(|| format!("no column `{name}` of type {}", T::DATA_TYPE))
+        .ok_or_else(|| damaged(dir, &format!("no column `{name}` of type {}", T::DATA_TYPE)))
 }
 
 /// Removes snapshots other than run `keep`'s.
