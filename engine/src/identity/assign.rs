@@ -15,7 +15,7 @@ use hashbrown::{HashMap, HashSet};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::components::{Components, NONE};
-use super::graph::{Graph, KeyMap};
+use super::graph::Graph;
 
 /// A person known before this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +31,10 @@ pub(crate) struct PrevPerson {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Previous {
     pub persons: Vec<PrevPerson>,
-    /// [`key128`](super::graph::key128) of `(kind, value)` → index into `persons`.
-    pub owner: KeyMap<u32>,
+    /// Per node of this run's graph: the index into `persons` of the person
+    /// that held the value, or `NONE` (a new value). An array, where a map
+    /// keyed by value cost 3.2 M random inserts and as many probes.
+    pub owner: Vec<u32>,
 }
 
 impl Previous {
@@ -108,22 +110,25 @@ fn evidence(g: &Graph, nodes: &[u32]) -> String {
 }
 
 /// Assigns ids to the components of `g`, given what the previous run left.
-/// `scope`: the previous persons `g` covers (all of them when `None`); only
-/// those can be merged, split or retired.
+/// `owner`: per node of `g`, its previous person (index into `prev.persons`)
+/// or `NONE`. `scope`: per previous person, whether `g` covers it (all of
+/// them when `None`); only those can be merged, split or retired.
 pub(crate) fn assign(
     g: &Graph,
     c: &Components,
     prev: &Previous,
+    owner: &[u32],
     now: i64,
-    scope: Option<&HashSet<u32>>,
+    scope: Option<&[bool]>,
 ) -> Assignment {
+    debug_assert_eq!(owner.len(), g.len());
     let np = c.persons as usize;
     // Oldest member of each component: (first_seen, content hash).
     let mut oldest = vec![(i64::MAX, u64::MAX); np];
     // Overlap with previous persons: one `(component, previous person)`
     // pair per value a previous person held, sorted and counted below (a
     // sort of packed pairs, where a map would take a random probe per value).
-    let mut pairs: Vec<u64> = Vec::with_capacity(if prev.owner.is_empty() { 0 } else { g.len() });
+    let mut pairs: Vec<u64> = Vec::with_capacity(if prev.persons.is_empty() { 0 } else { g.len() });
     let mut size = vec![0u32; np];
     for n in 0..g.len() as u32 {
         let p = c.person[n as usize];
@@ -136,7 +141,8 @@ pub(crate) fn assign(
             *slot = key;
         }
         size[p as usize] += 1;
-        if let Some(&q) = prev.owner.get(g.key(n)) {
+        let q = owner[n as usize];
+        if q != NONE {
             pairs.push(u64::from(p) << 32 | u64::from(q));
         }
     }
@@ -212,7 +218,7 @@ pub(crate) fn assign(
         let mut fresh: HashMap<u32, Vec<u32>> = HashMap::new();
         for n in 0..g.len() as u32 {
             let p = c.person[n as usize];
-            if merged.contains_key(&p) && !prev.owner.contains_key(g.key(n)) {
+            if merged.contains_key(&p) && owner[n as usize] == NONE {
                 let f = fresh.entry(p).or_default();
                 if f.len() < 5 {
                     f.push(n);
@@ -262,7 +268,7 @@ pub(crate) fn assign(
     }
     // Live persons no value of which is in any component now: retired, no redirect.
     for (q, person) in previous.iter_mut().enumerate() {
-        if scope.is_some_and(|s| !s.contains(&(q as u32))) {
+        if scope.is_some_and(|s| !s[q]) {
             continue;
         }
         if person.merged_into.is_none() && reached[q] == 0 {
@@ -298,15 +304,23 @@ mod tests {
 
     fn run(g: &Graph, prev: &Previous) -> (Components, Assignment) {
         let c = components(g, &IdentityRules::default().compile().unwrap());
-        let a = assign(g, &c, prev, 7, None);
+        // No previous run: no value has an owner.
+        let none = vec![NONE; g.len()];
+        let owner = if prev.persons.is_empty() {
+            &none
+        } else {
+            &prev.owner
+        };
+        let a = assign(g, &c, prev, owner, 7, None);
         (c, a)
     }
 
-    /// The previous state a run leaves, as the tables would hold it.
-    fn carry(g: &Graph, c: &Components, a: &Assignment) -> Previous {
+    /// The previous state a run over `g` leaves, as the tables would hold
+    /// it, for a next run over `next`.
+    fn carry(g: &Graph, c: &Components, a: &Assignment, next: &Graph) -> Previous {
         let mut prev = Previous {
             persons: a.previous.clone(),
-            owner: KeyMap::default(),
+            owner: vec![NONE; next.len()],
         };
         let base = prev.persons.len() as u32;
         let mut index = HashMap::new();
@@ -335,7 +349,9 @@ mod tests {
                     .iter()
                     .position(|q| &q.person_id == id)
                     .unwrap();
-                prev.owner.insert(g.key(n), i as u32);
+                if let Some(m) = next.find(g.kind(n), g.value(n)) {
+                    prev.owner[m as usize] = i as u32;
+                }
             }
         }
         prev
@@ -359,11 +375,11 @@ mod tests {
         // p1 is older (first seen first), so it gets ordinal 0.
         assert_eq!(p1.1, 0);
 
-        let prev = carry(&g1, &c1, &a1);
         let mut events = e1.to_vec();
         events.push(&[("phone", "p1"), ("unionid", "u")]);
         events.push(&[("phone", "p2"), ("unionid", "u")]);
         let g2 = graph(&events);
+        let prev = carry(&g1, &c1, &a1, &g2);
         let (c2, a2) = run(&g2, &prev);
         assert_eq!(a2.merges, 1);
         assert_eq!(a2.new_persons, 0);
@@ -373,7 +389,7 @@ mod tests {
         assert_eq!(a2.changes[0].kind, "merge");
 
         // A third run over the same events changes nothing.
-        let prev = carry(&g2, &c2, &a2);
+        let prev = carry(&g2, &c2, &a2, &g2);
         let (c3, a3) = run(&g2, &prev);
         assert_eq!((a3.merges, a3.splits, a3.new_persons), (0, 0, 0));
         assert_eq!(
@@ -394,11 +410,11 @@ mod tests {
         let (c, a) = run(&g, &Previous::default());
         assert_eq!(c.persons, 1);
         let before = id_of(&g, &c, &a, "phone", "p1");
-        let prev = carry(&g, &c, &a);
+        let prev = carry(&g, &c, &a, &g);
         // A rule change: cookies no longer merge.
         let rules = IdentityRules::from_toml("[kinds.cookie]\nmerge = false\n").unwrap();
         let c2 = components(&g, &rules.compile().unwrap());
-        let a2 = assign(&g, &c2, &prev, 9, None);
+        let a2 = assign(&g, &c2, &prev, &prev.owner, 9, None);
         assert_eq!(a2.splits, 1);
         assert_eq!(id_of(&g, &c2, &a2, "phone", "p1"), before);
         let (_, ord_m) = id_of(&g, &c2, &a2, "member", "m");

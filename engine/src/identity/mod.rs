@@ -168,7 +168,9 @@ impl Workspace {
 
         // Read: the graph of every event up to the Delta version just flushed.
         let t = Instant::now();
+        let mut steps = Steps::new();
         self.flush().await?;
+        steps.done("flush");
         let (table, _) = self.read_view();
         let version = table.version().unwrap_or(0);
         let mut base = None;
@@ -181,6 +183,7 @@ impl Workspace {
         {
             base = Some((snap, files));
         }
+        steps.done("snapshot read");
         let incremental = base.is_some();
         // The owners the last run gave the snapshot's nodes, when it kept them.
         let mut base_ordinals = None;
@@ -192,6 +195,7 @@ impl Workspace {
                 g.track = true;
                 snapshot::read_files(&table, &files, &mut g, &compiled).await?;
                 g.events -= before;
+                steps.done("new events read");
                 g
             }
             None => {
@@ -218,6 +222,7 @@ impl Workspace {
             }
         };
         g.seal();
+        steps.done("seal");
         progress(Progress {
             phase: "read",
             done: g.events,
@@ -229,10 +234,12 @@ impl Workspace {
         // Components: of the whole graph, or of the raw components new events reach.
         let t = Instant::now();
         let scope_nodes: Option<Vec<u32>> = incremental.then(|| reached(&g));
+        steps.done("reached");
         let sub;
         let (work, c) = match &scope_nodes {
             Some(nodes) => {
                 sub = g.subgraph(nodes);
+                steps.done("subgraph");
                 let c = components::components(&sub, &compiled);
                 (&sub, c)
             }
@@ -249,42 +256,55 @@ impl Workspace {
 
         // Assign stable ids; carry every person outside the scope over.
         let t = Instant::now();
-        let prev = tables::read_previous(&dir, base_ordinals.as_deref().map(|o| (&*g, o))).await?;
+        steps.done("components");
+        let prev = tables::read_previous(&dir, &g, base_ordinals.as_deref()).await?;
         drop(base_ordinals);
+        steps.done("previous read");
         let previous_persons = prev
             .persons
             .iter()
             .filter(|p| p.merged_into.is_none())
             .count() as u64;
-        let scope: Option<hashbrown::HashSet<u32>> = scope_nodes.as_ref().map(|_| {
-            (0..work.len() as u32)
-                .filter_map(|n| prev.owner.get(work.key(n)).copied())
-                .collect()
+        // The previous owners of the work's nodes, and the previous persons in scope.
+        let work_owner: Vec<u32>;
+        let owner = match &scope_nodes {
+            Some(nodes) => {
+                work_owner = nodes.iter().map(|&n| prev.owner[n as usize]).collect();
+                &work_owner
+            }
+            None => &prev.owner,
+        };
+        let scope: Option<Vec<bool>> = scope_nodes.as_ref().map(|_| {
+            let mut s = vec![false; prev.persons.len()];
+            for &q in owner.iter().filter(|&&q| q != components::NONE) {
+                s[q as usize] = true;
+            }
+            s
         });
-        let a = assign::assign(work, &c, &prev, now, scope.as_ref());
+        steps.done("scope");
+        let a = assign::assign(work, &c, &prev, owner, now, scope.as_deref());
+        steps.done("assign");
         let mut persons = a.persons.clone();
         let mut node_person = vec![components::NONE; g.len()];
         let mut carried = 0u64;
         match &scope_nodes {
             Some(nodes) => {
-                let mut index: hashbrown::HashMap<u32, u32> = hashbrown::HashMap::new();
+                // Previous person → its index in `persons` when carried over.
+                let mut index = vec![components::NONE; prev.persons.len()];
                 for (q, p) in prev.persons.iter().enumerate() {
-                    let q = q as u32;
-                    if p.merged_into.is_none() && scope.as_ref().is_some_and(|s| !s.contains(&q)) {
-                        index.insert(q, persons.len() as u32);
+                    if p.merged_into.is_none() && scope.as_ref().is_some_and(|s| !s[q]) {
+                        index[q] = persons.len() as u32;
                         persons.push(assign::Person {
                             person_id: p.person_id.clone(),
                             ordinal: p.ordinal,
                             created_at: p.created_at,
                         });
+                        carried += 1;
                     }
                 }
-                carried = index.len() as u64;
-                for n in 0..g.len() as u32 {
-                    if let Some(q) = prev.owner.get(g.key(n))
-                        && let Some(&i) = index.get(q)
-                    {
-                        node_person[n as usize] = i;
+                for (slot, &q) in node_person.iter_mut().zip(&prev.owner) {
+                    if q != components::NONE {
+                        *slot = index[q as usize];
                     }
                 }
                 for (i, &n) in nodes.iter().enumerate() {
@@ -294,6 +314,7 @@ impl Workspace {
             None => node_person.clone_from(&c.person),
         }
         drop(prev);
+        steps.done("carry over");
         progress(Progress {
             phase: "assign",
             done: persons.len() as u64,
@@ -366,7 +387,12 @@ impl Workspace {
                 .collect();
             let snap = {
                 let (dir, g) = (dir.clone(), std::sync::Arc::clone(&g));
-                tokio::task::spawn_blocking(move || snapshot::write(&dir, run, &g, &ordinals))
+                tokio::task::spawn_blocking(move || {
+                    let t = Instant::now();
+                    let r = snapshot::write(&dir, run, &g, &ordinals);
+                    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "snapshot written");
+                    r
+                })
             };
             let outputs = tables::write_outputs(
                 &dir,
@@ -381,6 +407,7 @@ impl Workspace {
             .await;
             snap.await
                 .map_err(|e| Error::Internal(format!("identity snapshot writer: {e}")))??;
+            steps.done("tables and snapshot written");
             outputs?;
             tables::write_state(
                 &dir,
@@ -445,6 +472,26 @@ impl Workspace {
         }
         tracing::info!(ws = %self.name(), run, dry_run = opts.dry_run, incremental, events = report.events, touched = report.touched_identifiers, persons = report.persons, merges = report.merges, splits = report.splits, quarantined = report.quarantined_count, refused = report.refused_count, elapsed_ms = report.elapsed.as_millis() as u64, "identity resolved");
         Ok(report)
+    }
+}
+
+/// Times the steps inside a phase, logged at debug level
+/// (`QUIVER_LOG=quiver_engine::identity=debug`).
+struct Steps(Instant);
+
+impl Steps {
+    fn new() -> Self {
+        Steps(Instant::now())
+    }
+
+    fn done(&mut self, step: &str) {
+        let now = Instant::now();
+        tracing::debug!(
+            step,
+            ms = (now - self.0).as_secs_f64() * 1e3,
+            "identity step"
+        );
+        self.0 = now;
     }
 }
 

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::assign::{Change, Person, PrevPerson, Previous};
 use super::components::NONE;
-use super::graph::{Graph, Strings, key128};
+use super::graph::{Graph, Strings};
 use crate::event::TZ;
 use crate::store::table_provider;
 use crate::{Error, Result};
@@ -318,7 +318,9 @@ pub(crate) async fn write_outputs(
     if batches.is_empty() {
         batches.push(RecordBatch::new_empty(IDENTIFIERS_SCHEMA.clone()));
     }
+    let t = std::time::Instant::now();
     write(&dir.join(IDENTIFIERS), batches, SaveMode::Overwrite).await?;
+    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "identifiers written");
 
     // persons: this run's live persons, then the retired ones.
     let np = persons.len();
@@ -367,7 +369,9 @@ pub(crate) async fn write_outputs(
         Arc::new(TimestampMicrosecondArray::from(ls).with_timezone(TZ)),
     ];
     let persons = RecordBatch::try_new(PERSONS_SCHEMA.clone(), cols)?;
+    let t = std::time::Instant::now();
     write(&dir.join(PERSONS), vec![persons], SaveMode::Overwrite).await?;
+    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "persons written");
 
     // history, appended (the table is created by the first run even when empty).
     let mut kind = StringBuilder::new();
@@ -440,11 +444,18 @@ pub(crate) fn times(array: &ArrayRef) -> Result<Vec<i64>> {
 /// `identifiers` row finds its person by ordinal (dense, never reused), not
 /// by id: the table holds a row per value ever seen.
 ///
-/// With `known` — the last run's graph snapshot and the ordinal it gave each
-/// of its nodes (what `identifiers` holds, keyed already) — `identifiers` is
-/// not read at all.
-pub(crate) async fn read_previous(dir: &Path, known: Option<(&Graph, &[u32])>) -> Result<Previous> {
-    let mut prev = Previous::default();
+/// The owners are given per node of `g`, this run's graph. With `known` —
+/// the ordinal the last run gave each of `g`'s first nodes (its snapshot,
+/// which `g` extends) — `identifiers` is not read at all.
+pub(crate) async fn read_previous(
+    dir: &Path,
+    g: &Graph,
+    known: Option<&[u32]>,
+) -> Result<Previous> {
+    let mut prev = Previous {
+        persons: Vec::new(),
+        owner: vec![NONE; g.len()],
+    };
     let persons = scan(
         &dir.join(PERSONS),
         &["person_id", "ordinal", "created_at", "merged_into"],
@@ -493,25 +504,27 @@ pub(crate) async fn read_previous(dir: &Path, known: Option<(&Graph, &[u32])>) -
             .copied()
             .filter(|&p| p != NONE)
     };
-    if let Some((g, ordinals)) = known {
-        prev.owner
-            .reserve(ordinals.iter().filter(|&&o| o != NONE).count());
+    if let Some(ordinals) = known {
+        if ordinals.len() > g.len() {
+            return Err(Error::Internal(format!(
+                "identity snapshot: {} ordinals for {} nodes",
+                ordinals.len(),
+                g.len()
+            )));
+        }
         for (n, &ord) in ordinals.iter().enumerate().filter(|(_, o)| **o != NONE) {
-            let n = n as u32;
             let Some(p) = person_of(i64::from(ord)) else {
                 return Err(Error::Internal(format!(
                     "identity snapshot node {}:{} names ordinal {ord}, which `persons` does not hold",
-                    g.kind(n),
-                    g.value(n)
+                    g.kind(n as u32),
+                    g.value(n as u32)
                 )));
             };
-            prev.owner.insert(g.key(n), p);
+            prev.owner[n] = p;
         }
         return Ok(prev);
     }
     let identifiers = scan(&dir.join(IDENTIFIERS), &["kind", "value", "ordinal"]).await?;
-    prev.owner
-        .reserve(identifiers.iter().map(RecordBatch::num_rows).sum::<usize>());
     for batch in &identifiers {
         let kinds = Strings::of(batch.column(0).as_ref(), "identifiers.kind")?;
         let values = Strings::of(batch.column(1).as_ref(), "identifiers.value")?;
@@ -525,7 +538,10 @@ pub(crate) async fn read_previous(dir: &Path, known: Option<(&Graph, &[u32])>) -
                     "identifiers row {k}:{v} names ordinal {ord}, which `persons` does not hold"
                 )));
             };
-            prev.owner.insert(key128(k, v), p);
+            // A value no event holds any more has no node, and no say.
+            if let Some(n) = g.find(k, v) {
+                prev.owner[n as usize] = p;
+            }
         }
     }
     Ok(prev)
