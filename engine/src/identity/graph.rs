@@ -273,6 +273,71 @@ impl<V: Copy + Default> KeyMap<V> {
     }
 }
 
+impl KeyMap<u32> {
+    /// The map `keys[i] → i`, with room for `spare` more keys. The keys go
+    /// in in the order of their first slots (a radix sort of the slot
+    /// numbers), so the inserts walk the table once from start to end
+    /// instead of probing it at random. Err: the index of the first key that
+    /// repeats an earlier one.
+    fn of_keys(keys: &[u128], spare: usize) -> std::result::Result<Self, usize> {
+        let cap = ((keys.len() + spare) * 10 / 7 + 1).max(16);
+        let mut map = KeyMap {
+            slots: vec![(EMPTY, 0); cap],
+            len: 0,
+            empty_key: None,
+        };
+        // (first slot, index), sorted by first slot: least significant
+        // digit first, 11 bits a pass, over the bits a slot number needs.
+        let mut order: Vec<u64> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let home = ((u128::from(k as u64) * cap as u128) >> 64) as u64;
+                (home << 32) | i as u64
+            })
+            .collect();
+        const DIGIT: u32 = 11;
+        let bits = usize::BITS - cap.leading_zeros();
+        let mut scratch = vec![0u64; order.len()];
+        let mut shift = 32;
+        while shift < 32 + bits {
+            let mut start = vec![0usize; 1 << DIGIT];
+            for &e in &order {
+                start[((e >> shift) & ((1 << DIGIT) - 1)) as usize] += 1;
+            }
+            let mut sum = 0;
+            for c in start.iter_mut() {
+                (*c, sum) = (sum, sum + *c);
+            }
+            for &e in &order {
+                let d = ((e >> shift) & ((1 << DIGIT) - 1)) as usize;
+                scratch[start[d]] = e;
+                start[d] += 1;
+            }
+            std::mem::swap(&mut order, &mut scratch);
+            shift += DIGIT;
+        }
+        drop(scratch);
+        for e in order {
+            let i = (e & 0xffff_ffff) as usize;
+            let k = Key::from(keys[i]);
+            if k == EMPTY {
+                if map.empty_key.replace(i as u32).is_some() {
+                    return Err(i);
+                }
+                continue;
+            }
+            let at = map.slot(k);
+            if map.slots[at].0 == k {
+                return Err(i);
+            }
+            map.slots[at] = (k, i as u32);
+            map.len += 1;
+        }
+        Ok(map)
+    }
+}
+
 /// The 128-bit content hash of `(kind, value)`: the key values are looked up
 /// by across runs (collisions are not a practical concern at this width).
 pub(crate) fn key128(kind: &str, value: &str) -> u128 {
@@ -438,6 +503,52 @@ impl Graph {
         let seen = &mut self.seen[n as usize];
         *seen = (seen.0.min(first_seen), seen.1.max(last_seen));
         n
+    }
+
+    /// Appends a node as a snapshot holds it: keys computed, not seen
+    /// before. The node is not indexed: [`Graph::index_all`] must run before
+    /// the graph is used.
+    pub fn push_unindexed(
+        &mut self,
+        kind: &str,
+        value: &str,
+        (key, hash): (u128, u64),
+        first_seen: i64,
+        last_seen: i64,
+    ) {
+        let k = match self.kinds.iter().position(|k| k == kind) {
+            Some(k) => k as u16,
+            None => {
+                self.kinds.push(kind.to_string());
+                self.kind_index
+                    .insert(kind.to_string(), self.kinds.len() as u16 - 1);
+                self.kinds.len() as u16 - 1
+            }
+        };
+        self.kind_of.push(k);
+        self.arena.push_str(value);
+        self.ends.push(self.arena.len());
+        self.hashes.push(hash);
+        self.keys.push(key);
+        self.seen.push((first_seen, last_seen));
+    }
+
+    /// Indexes every node in one pass (see `KeyMap::of_keys`), with room for
+    /// `spare` more. Err: `(node, earlier node)` with the same key.
+    pub fn index_all(&mut self, spare: usize) -> std::result::Result<(), (u32, u32)> {
+        match KeyMap::of_keys(&self.keys, spare) {
+            Ok(index) => {
+                self.index = index;
+                Ok(())
+            }
+            Err(n) => {
+                let earlier = self.keys[..n]
+                    .iter()
+                    .position(|&k| k == self.keys[n])
+                    .unwrap_or(n);
+                Err((n as u32, earlier as u32))
+            }
+        }
     }
 
     /// Room for `nodes` more nodes holding `bytes` more value bytes.
@@ -648,6 +759,46 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A map built in one pass from a node's keys holds each key's index,
+        /// names a key that repeats an earlier one, and takes further inserts like any other.
+        #[test]
+        fn key_map_of_keys_equals_inserts(
+            keys in proptest::collection::vec((0u64..60, 0u64..3), 0..300),
+            spread in proptest::prelude::any::<bool>(),
+            spare in 0usize..40,
+            more in proptest::collection::vec((0u64..80, 0u64..3), 0..100),
+        ) {
+            // Low words spread over the table, or all on its first slots.
+            let key = |lo: u64, hi: u64| {
+                let lo = if spread { lo.wrapping_mul(0x9E37_79B9_7F4A_7C15) } else { lo };
+                (u128::from(hi) << 64) | u128::from(lo)
+            };
+            let keys: Vec<u128> = keys.iter().map(|&(lo, hi)| key(lo, hi)).collect();
+            let repeat = (0..keys.len()).find(|&i| keys[..i].contains(&keys[i]));
+            match (KeyMap::of_keys(&keys, spare), repeat) {
+                (Err(i), Some(_)) => proptest::prop_assert!(keys[..i].contains(&keys[i])),
+                (Ok(mut m), None) => {
+                    let mut model: std::collections::HashMap<u128, u32> =
+                        keys.iter().enumerate().map(|(i, &k)| (k, i as u32)).collect();
+                    for (i, &k) in keys.iter().enumerate() {
+                        proptest::prop_assert_eq!(m.get(k), Some(&(i as u32)));
+                    }
+                    for (j, &(lo, hi)) in more.iter().enumerate() {
+                        let k = key(lo, hi);
+                        proptest::prop_assert_eq!(m.insert(k, 1000 + j as u32), model.insert(k, 1000 + j as u32));
+                    }
+                    for lo in 0..81 {
+                        for hi in 0..4 {
+                            let k = key(lo, hi);
+                            proptest::prop_assert_eq!(m.get(k), model.get(&k));
+                        }
+                    }
+                }
+                (got, want) => proptest::prop_assert!(false, "of_keys {:?}, first repeat {:?}", got.err(), want),
+            }
+        }
+    }
     proptest::proptest! {
         /// Links added in any order, merged at any points, equal a sorted
         /// map of summed counts.

@@ -180,9 +180,21 @@ pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
     let mut g = Graph::default();
     let nodes = reader(&dir.join("nodes.arrow"))?;
     let keyed = nodes.schema().column_with_name("ordinal").is_some();
+    let batches = nodes.collect::<std::result::Result<Vec<_>, _>>()?;
+    let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
     let mut ordinals = Vec::new();
-    for batch in nodes {
-        let batch = batch?;
+    if keyed {
+        let bytes = batches
+            .iter()
+            .map(|b| {
+                b.column_by_name("value")
+                    .map_or(0, |v| v.get_buffer_memory_size())
+            })
+            .sum::<usize>();
+        g.reserve(rows, bytes);
+        ordinals.reserve(rows);
+    }
+    for batch in batches {
         let kinds = strings(&batch, "kind", &dir)?;
         let values = strings(&batch, "value", &dir)?;
         let first = numbers::<Int64Type>(&batch, "first_seen", &dir)?;
@@ -204,28 +216,26 @@ pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
         let hi = numbers::<UInt64Type>(&batch, "key_hi", &dir)?;
         let hash = numbers::<UInt64Type>(&batch, "hash", &dir)?;
         let ordinal = numbers::<UInt32Type>(&batch, "ordinal", &dir)?;
-        g.reserve(batch.num_rows(), values.value_data().len());
         for i in 0..batch.num_rows() {
             let key = u128::from(lo.value(i)) | (u128::from(hi.value(i)) << 64);
-            let n = g.push_keyed(
+            g.push_unindexed(
                 kinds.value(i),
                 values.value(i),
                 (key, hash.value(i)),
                 first.value(i),
                 last.value(i),
             );
-            if n as usize != ordinals.len() {
-                return Err(damaged(
-                    &dir,
-                    &format!("node {} repeats node {n}", ordinals.len()),
-                ));
-            }
             ordinals.push(if ordinal.is_null(i) {
                 NONE
             } else {
                 ordinal.value(i)
             });
         }
+    }
+    if keyed {
+        // Room for a run's worth of new values before the index grows.
+        g.index_all(rows / 8)
+            .map_err(|(n, m)| damaged(&dir, &format!("node {n} repeats node {m}")))?;
     }
     let n = g.len() as u32;
     let mut links = Vec::new();
