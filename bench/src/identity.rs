@@ -87,7 +87,7 @@ fn export_links(ws_dir: &Path, out: &Path) -> anyhow::Result<(PathBuf, u64)> {
         .max()
         .context("no identity snapshot")?;
     let mut nodes = 0u64;
-    for b in FileReader::try_new(std::fs::File::open(snap.join("nodes.arrow"))?, None)? {
+    for b in FileReader::try_new(std::fs::File::open(snap.join("seen.arrow"))?, None)? {
         nodes += b?.num_rows() as u64;
     }
     let schema = Arc::new(Schema::new(vec![

@@ -187,10 +187,13 @@ impl Workspace {
         let incremental = base.is_some();
         // The owners the last run gave the snapshot's nodes, when it kept them.
         let mut base_ordinals = None;
+        // The snapshot run and node count the graph extends.
+        let mut base_nodes = None;
         let mut g = match base {
             Some((snap, files)) => {
                 base_ordinals = snap.ordinals;
                 let mut g = snap.graph;
+                base_nodes = Some((state.run, g.len()));
                 let before = g.events;
                 g.track = true;
                 snapshot::read_files(&table, &files, &mut g, &compiled).await?;
@@ -389,7 +392,7 @@ impl Workspace {
                 let (dir, g) = (dir.clone(), std::sync::Arc::clone(&g));
                 tokio::task::spawn_blocking(move || {
                     let t = Instant::now();
-                    let r = snapshot::write(&dir, run, &g, &ordinals);
+                    let r = snapshot::write(&dir, run, &g, &ordinals, base_nodes);
                     tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "snapshot written");
                     r
                 })

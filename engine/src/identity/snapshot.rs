@@ -4,22 +4,27 @@
 //!
 //! Snapshot layout, written per run into `identity_graph-<run>/` and made
 //! current by the state file (older ones are removed after):
-//! - `nodes.arrow`: `kind, value, first_seen, last_seen` in node order, then
-//!   the node's keys (`key_lo, key_hi`: [`key128`](super::graph::key128);
-//!   `hash`: [`key_hash`](super::graph::key_hash)), so a load hashes nothing,
-//!   and `ordinal`: the person the run gave the node (null for none), so the
-//!   next incremental run need not read the `identifiers` table back;
+//! - `keys-<first>-<end>.arrow`: `kind, value, key_lo, key_hi, hash` of nodes
+//!   `first..end` in node order: the keys are [`key128`](super::graph::key128)
+//!   and [`key_hash`](super::graph::key_hash), so a load hashes nothing.
+//!   Nodes never change or move once added, so an incremental run hard-links
+//!   the last snapshot's segments and writes only its new nodes as one more
+//!   segment (all of them again once there are [`MAX_SEGMENTS`]);
+//! - `seen.arrow`: `first_seen, last_seen, ordinal` per node: the times
+//!   change with every run, and `ordinal` is the person the run gave the node
+//!   (null for none), so the next incremental run need not read the
+//!   `identifiers` table back;
 //! - `links.arrow`: `a, b, events` (node indexes, `a < b`), in key order.
 //!
-//! A snapshot written before the keys and ordinals were kept has only the
-//! first four node columns; it is read by hashing the values again.
+//! Snapshots from before keep every node column in one `nodes.arrow`; one is
+//! read by hashing the values again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, PrimitiveArray, RecordBatch, StringArray, StringBuilder,
-    UInt32Array, UInt64Array,
+    ArrayRef, AsArray, Int64Array, PrimitiveArray, RecordBatch, StringArray, UInt32Array,
+    UInt64Array,
 };
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type, UInt64Type,
@@ -40,17 +45,62 @@ use crate::{Error, Result};
 
 const CHUNK: usize = 1 << 20;
 
-fn nodes_schema() -> SchemaRef {
+/// Key segments a snapshot may carry over before they are written as one.
+const MAX_SEGMENTS: usize = 8;
+
+fn keys_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("kind", DataType::Utf8, false),
         Field::new("value", DataType::Utf8, false),
-        Field::new("first_seen", DataType::Int64, false),
-        Field::new("last_seen", DataType::Int64, false),
         Field::new("key_lo", DataType::UInt64, false),
         Field::new("key_hi", DataType::UInt64, false),
         Field::new("hash", DataType::UInt64, false),
+    ]))
+}
+
+fn seen_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("first_seen", DataType::Int64, false),
+        Field::new("last_seen", DataType::Int64, false),
         Field::new("ordinal", DataType::UInt32, true),
     ]))
+}
+
+/// The key segments of the snapshot in `dir`: `(first, end, path)`, in node
+/// order. Err when they do not cover `0..` without gaps.
+fn segments(dir: &Path) -> Result<Vec<(usize, usize, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = e.map_err(|e| Error::io(dir, e))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(range) = name
+            .strip_prefix("keys-")
+            .and_then(|r| r.strip_suffix(".arrow"))
+        else {
+            continue;
+        };
+        let bounds = range
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+        let Some((first, end)) = bounds.filter(|(a, b)| a < b) else {
+            return Err(damaged(dir, &format!("`{name}` is not a node range")));
+        };
+        out.push((first, end, path));
+    }
+    out.sort();
+    let mut next = 0;
+    for (first, end, _) in &out {
+        if *first != next {
+            return Err(damaged(
+                dir,
+                &format!("no key segment starts at node {next}"),
+            ));
+        }
+        next = *end;
+    }
+    Ok(out)
 }
 
 /// A snapshot read back.
@@ -93,8 +143,16 @@ fn write_file(
 }
 
 /// Writes `g` as the snapshot of run `run` (fsynced), with `ordinals[n]` the
-/// ordinal of node `n`'s person ([`NONE`] for none).
-pub(crate) fn write(ws_dir: &Path, run: u64, g: &Graph, ordinals: &[u32]) -> Result<()> {
+/// ordinal of node `n`'s person ([`NONE`] for none). `base`: the run whose
+/// snapshot `g` extends and its node count (an incremental run), whose key
+/// segments are carried over by hard link.
+pub(crate) fn write(
+    ws_dir: &Path,
+    run: u64,
+    g: &Graph,
+    ordinals: &[u32],
+    base: Option<(u64, usize)>,
+) -> Result<()> {
     if ordinals.len() != g.len() {
         return Err(Error::Internal(format!(
             "identity snapshot: {} ordinals for {} nodes",
@@ -108,31 +166,67 @@ pub(crate) fn write(ws_dir: &Path, run: u64, g: &Graph, ordinals: &[u32]) -> Res
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let n = g.len();
-    let nodes = (0..n).step_by(CHUNK).map(|start| {
-        let end = (start + CHUNK).min(n);
-        let mut kind = StringBuilder::new();
-        let mut value = StringBuilder::new();
-        for i in start..end {
-            kind.append_value(g.kind(i as u32));
-            value.append_value(g.value(i as u32));
+    // Keys: the base's segments linked, then the nodes after them.
+    let mut from = 0;
+    if let Some((base_run, base_len)) = base
+        && let Ok(old) = segments(&dir_of(ws_dir, base_run))
+        && old.last().map(|s| s.1) == Some(base_len)
+        && base_len <= n
+        && old.len() < MAX_SEGMENTS
+    {
+        let linked = old.iter().try_for_each(|(_, _, path)| {
+            let to = dir.join(path.file_name().unwrap_or_default());
+            std::fs::hard_link(path, &to)
+        });
+        match linked {
+            Ok(()) => from = base_len,
+            Err(e) => {
+                tracing::debug!(error = %e, "identity snapshot: key segments not linked, written again");
+                for e in std::fs::read_dir(&dir)
+                    .map_err(|e| Error::io(&dir, e))?
+                    .flatten()
+                {
+                    std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+                }
+            }
         }
+    }
+    if from < n {
+        let keys = (from..n).step_by(CHUNK).map(|start| {
+            let end = (start + CHUNK).min(n);
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(
+                    (start..end).map(|i| g.kind(i as u32)),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (start..end).map(|i| g.value(i as u32)),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    (start..end).map(|i| g.key(i as u32) as u64),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    (start..end).map(|i| (g.key(i as u32) >> 64) as u64),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    (start..end).map(|i| g.key_hash(i as u32)),
+                )),
+            ];
+            Ok(RecordBatch::try_new(keys_schema(), cols)?)
+        });
+        write_file(
+            &dir.join(format!("keys-{from}-{n}.arrow")),
+            keys_schema(),
+            keys,
+        )?;
+    }
+    let seen = (0..n).step_by(CHUNK).map(|start| {
+        let end = (start + CHUNK).min(n);
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(kind.finish()),
-            Arc::new(value.finish()),
             Arc::new(Int64Array::from_iter_values(
-                (start..end).map(|n| g.first_seen(n as u32)),
+                (start..end).map(|i| g.first_seen(i as u32)),
             )),
             Arc::new(Int64Array::from_iter_values(
-                (start..end).map(|n| g.last_seen(n as u32)),
-            )),
-            Arc::new(UInt64Array::from_iter_values(
-                (start..end).map(|n| g.key(n as u32) as u64),
-            )),
-            Arc::new(UInt64Array::from_iter_values(
-                (start..end).map(|n| (g.key(n as u32) >> 64) as u64),
-            )),
-            Arc::new(UInt64Array::from_iter_values(
-                (start..end).map(|n| g.key_hash(n as u32)),
+                (start..end).map(|i| g.last_seen(i as u32)),
             )),
             Arc::new(UInt32Array::from_iter(
                 ordinals[start..end]
@@ -140,9 +234,9 @@ pub(crate) fn write(ws_dir: &Path, run: u64, g: &Graph, ordinals: &[u32]) -> Res
                     .map(|&o| (o != NONE).then_some(o)),
             )),
         ];
-        Ok(RecordBatch::try_new(nodes_schema(), cols)?)
+        Ok(RecordBatch::try_new(seen_schema(), cols)?)
     });
-    write_file(&dir.join("nodes.arrow"), nodes_schema(), nodes)?;
+    write_file(&dir.join("seen.arrow"), seen_schema(), seen)?;
     let batches = g.links().chunks(CHUNK).map(|chunk| {
         let (mut a, mut b, mut ev) = (
             Vec::with_capacity(chunk.len()),
@@ -177,66 +271,11 @@ pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
     if !dir.join("links.arrow").is_file() {
         return Ok(None);
     }
-    let mut g = Graph::default();
-    let nodes = reader(&dir.join("nodes.arrow"))?;
-    let keyed = nodes.schema().column_with_name("ordinal").is_some();
-    let batches = nodes.collect::<std::result::Result<Vec<_>, _>>()?;
-    let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
-    let mut ordinals = Vec::new();
-    if keyed {
-        let bytes = batches
-            .iter()
-            .map(|b| {
-                b.column_by_name("value")
-                    .map_or(0, |v| v.get_buffer_memory_size())
-            })
-            .sum::<usize>();
-        g.reserve(rows, bytes);
-        ordinals.reserve(rows);
-    }
-    for batch in batches {
-        let kinds = strings(&batch, "kind", &dir)?;
-        let values = strings(&batch, "value", &dir)?;
-        let first = numbers::<Int64Type>(&batch, "first_seen", &dir)?;
-        let last = numbers::<Int64Type>(&batch, "last_seen", &dir)?;
-        if !keyed {
-            for i in 0..batch.num_rows() {
-                let (kind, value) = (kinds.value(i), values.value(i));
-                g.push_keyed(
-                    kind,
-                    value,
-                    (key128(kind, value), key_hash(kind, value)),
-                    first.value(i),
-                    last.value(i),
-                );
-            }
-            continue;
-        }
-        let lo = numbers::<UInt64Type>(&batch, "key_lo", &dir)?;
-        let hi = numbers::<UInt64Type>(&batch, "key_hi", &dir)?;
-        let hash = numbers::<UInt64Type>(&batch, "hash", &dir)?;
-        let ordinal = numbers::<UInt32Type>(&batch, "ordinal", &dir)?;
-        for i in 0..batch.num_rows() {
-            let key = u128::from(lo.value(i)) | (u128::from(hi.value(i)) << 64);
-            g.push_unindexed(
-                kinds.value(i),
-                values.value(i),
-                (key, hash.value(i)),
-                first.value(i),
-                last.value(i),
-            );
-            ordinals.push(if ordinal.is_null(i) {
-                NONE
-            } else {
-                ordinal.value(i)
-            });
-        }
-    }
-    if keyed {
-        // Room for a run's worth of new values before the index grows.
-        g.index_all(rows / 8)
-            .map_err(|(n, m)| damaged(&dir, &format!("node {n} repeats node {m}")))?;
-    }
+    let (mut g, ordinals) = if dir.join("nodes.arrow").is_file() {
+        read_nodes(&dir)?
+    } else {
+        read_segments(&dir)?
+    };
     let n = g.len() as u32;
     let mut links = Vec::new();
     for batch in reader(&dir.join("links.arrow"))? {
@@ -255,10 +294,96 @@ pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
     }
     g.add_sorted_links(links);
     g.seal();
-    Ok(Some(Snapshot {
-        graph: g,
-        ordinals: keyed.then_some(ordinals),
-    }))
+    Ok(Some(Snapshot { graph: g, ordinals }))
+}
+
+/// The nodes of a snapshot in key segments and `seen.arrow`.
+fn read_segments(dir: &Path) -> Result<(Graph, Option<Vec<u32>>)> {
+    let (mut first, mut last, mut ordinals) = (Vec::new(), Vec::new(), Vec::new());
+    for batch in reader(&dir.join("seen.arrow"))? {
+        let batch = batch?;
+        first.extend_from_slice(numbers::<Int64Type>(&batch, "first_seen", dir)?.values());
+        last.extend_from_slice(numbers::<Int64Type>(&batch, "last_seen", dir)?.values());
+        let ordinal = numbers::<UInt32Type>(&batch, "ordinal", dir)?;
+        ordinals.extend(ordinal.iter().map(|o| o.unwrap_or(NONE)));
+    }
+    let rows = first.len();
+    let segments = segments(dir)?;
+    if segments.last().map_or(0, |s| s.1) != rows {
+        return Err(damaged(
+            dir,
+            &format!(
+                "key segments end at node {}, `seen.arrow` has {rows}",
+                segments.last().map_or(0, |s| s.1)
+            ),
+        ));
+    }
+    let mut g = Graph::default();
+    g.reserve(rows, 0);
+    for (from, end, path) in segments {
+        for batch in reader(&path)? {
+            let batch = batch?;
+            let kinds = strings(&batch, "kind", dir)?;
+            let values = strings(&batch, "value", dir)?;
+            let lo = numbers::<UInt64Type>(&batch, "key_lo", dir)?;
+            let hi = numbers::<UInt64Type>(&batch, "key_hi", dir)?;
+            let hash = numbers::<UInt64Type>(&batch, "hash", dir)?;
+            if g.len() + batch.num_rows() > end {
+                return Err(damaged(
+                    dir,
+                    &format!("segment {from}-{end} holds more nodes"),
+                ));
+            }
+            g.reserve(0, values.value_data().len());
+            for i in 0..batch.num_rows() {
+                let n = g.len();
+                let key = u128::from(lo.value(i)) | (u128::from(hi.value(i)) << 64);
+                g.push_unindexed(
+                    kinds.value(i),
+                    values.value(i),
+                    (key, hash.value(i)),
+                    first[n],
+                    last[n],
+                );
+            }
+        }
+        if g.len() != end {
+            return Err(damaged(
+                dir,
+                &format!("segment {from}-{end} ends at node {}", g.len()),
+            ));
+        }
+    }
+    // Room for a run's worth of new values before the index grows.
+    g.index_all(rows / 8)
+        .map_err(|(n, m)| damaged(dir, &format!("node {n} repeats node {m}")))?;
+    Ok((g, Some(ordinals)))
+}
+
+/// The nodes of a snapshot in one `nodes.arrow`, as written before key
+/// segments: the values are hashed again and the owners read from the
+/// `identifiers` table (the keys and ordinals some of them hold are not
+/// relied on).
+fn read_nodes(dir: &Path) -> Result<(Graph, Option<Vec<u32>>)> {
+    let mut g = Graph::default();
+    for batch in reader(&dir.join("nodes.arrow"))? {
+        let batch = batch?;
+        let kinds = strings(&batch, "kind", dir)?;
+        let values = strings(&batch, "value", dir)?;
+        let first = numbers::<Int64Type>(&batch, "first_seen", dir)?;
+        let last = numbers::<Int64Type>(&batch, "last_seen", dir)?;
+        for i in 0..batch.num_rows() {
+            let (kind, value) = (kinds.value(i), values.value(i));
+            g.push_keyed(
+                kind,
+                value,
+                (key128(kind, value), key_hash(kind, value)),
+                first.value(i),
+                last.value(i),
+            );
+        }
+    }
+    Ok((g, None))
 }
 
 /// The error for a snapshot in `dir` that does not hold what it should.
@@ -386,7 +511,7 @@ pub(crate) async fn read_file_batches(
 /// A column read back as a sanity check in tests.
 #[cfg(test)]
 pub(crate) fn node_count(ws_dir: &Path, run: u64) -> usize {
-    reader(&dir_of(ws_dir, run).join("nodes.arrow"))
+    reader(&dir_of(ws_dir, run).join("seen.arrow"))
         .map(|r| r.flatten().map(|b| b.num_rows()).sum())
         .unwrap_or(0)
 }
@@ -423,17 +548,62 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let g = graph();
         let ordinals = [7, NONE, 7];
-        write(dir.path(), 3, &g, &ordinals).unwrap();
+        write(dir.path(), 3, &g, &ordinals, None).unwrap();
         assert_eq!(node_count(dir.path(), 3), 3);
         let back = read(dir.path(), 3).unwrap().unwrap();
         same_graph(&back.graph, &g);
         assert_eq!(back.ordinals.as_deref(), Some(&ordinals[..]));
         assert!(read(dir.path(), 4).unwrap().is_none());
-        assert!(write(dir.path(), 4, &g, &[1]).is_err());
-        write(dir.path(), 4, &g, &ordinals).unwrap();
+        assert!(write(dir.path(), 4, &g, &[1], None).is_err());
+        write(dir.path(), 4, &g, &ordinals, None).unwrap();
         prune(dir.path(), 4).unwrap();
         assert!(read(dir.path(), 3).unwrap().is_none());
         assert!(read(dir.path(), 4).unwrap().is_some());
+    }
+
+    fn segment_names(ws_dir: &Path, run: u64) -> Vec<String> {
+        segments(&dir_of(ws_dir, run))
+            .unwrap()
+            .iter()
+            .map(|(_, _, p)| p.file_name().unwrap().to_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// An incremental run links the last snapshot's key segments and writes
+    /// only its new nodes; after `MAX_SEGMENTS` the keys go in one segment.
+    #[test]
+    fn an_extended_graph_writes_only_its_new_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = graph();
+        write(dir.path(), 1, &g, &[0, 0, 0], None).unwrap();
+        for run in 2..=(MAX_SEGMENTS as u64 + 1) {
+            let snap = read(dir.path(), run - 1).unwrap().unwrap();
+            same_graph(&snap.graph, &g);
+            let (mut back, base) = (snap.graph, g.len());
+            for h in [&mut g, &mut back] {
+                let a = h.intern("phone", "+8613800138000");
+                let b = h.intern("device", &format!("d{run}"));
+                h.add_event(&mut vec![a, b], 100 + run as i64);
+                h.seal();
+            }
+            same_graph(&back, &g);
+            let ordinals = vec![0; back.len()];
+            write(dir.path(), run, &back, &ordinals, Some((run - 1, base))).unwrap();
+            let names = segment_names(dir.path(), run);
+            if run as usize <= MAX_SEGMENTS {
+                assert_eq!(names.len(), run as usize, "{names:?}");
+                assert_eq!(
+                    names.last().unwrap(),
+                    &format!("keys-{base}-{}.arrow", back.len())
+                );
+            } else {
+                assert_eq!(names, [format!("keys-0-{}.arrow", back.len())]);
+            }
+            let back = read(dir.path(), run).unwrap().unwrap();
+            same_graph(&back.graph, &g);
+            assert_eq!(back.ordinals, Some(ordinals));
+            prune(dir.path(), run).unwrap();
+        }
     }
 
     /// A snapshot from before the keys and ordinals were kept is read by
@@ -442,18 +612,56 @@ mod tests {
     fn a_snapshot_without_keys_is_hashed_again() {
         let dir = tempfile::tempdir().unwrap();
         let g = graph();
-        write(dir.path(), 1, &g, &[NONE; 3]).unwrap();
-        let path = dir_of(dir.path(), 1).join("nodes.arrow");
-        let full: Vec<RecordBatch> = reader(&path).unwrap().map(|b| b.unwrap()).collect();
-        let old: Vec<RecordBatch> = full
-            .iter()
-            .map(|b| b.project(&[0, 1, 2, 3]).unwrap())
-            .collect();
-        let schema = old[0].schema();
-        write_file(&path, schema, old.into_iter().map(Ok)).unwrap();
+        write(dir.path(), 1, &g, &[NONE; 3], None).unwrap();
+        let snap = dir_of(dir.path(), 1);
+        for (_, _, path) in segments(&snap).unwrap() {
+            std::fs::remove_file(path).unwrap();
+        }
+        std::fs::remove_file(snap.join("seen.arrow")).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, false),
+            Field::new("first_seen", DataType::Int64, false),
+            Field::new("last_seen", DataType::Int64, false),
+        ]));
+        let nodes = 0..g.len() as u32;
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                nodes.clone().map(|n| g.kind(n)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                nodes.clone().map(|n| g.value(n)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                nodes.clone().map(|n| g.first_seen(n)),
+            )),
+            Arc::new(Int64Array::from_iter_values(nodes.map(|n| g.last_seen(n)))),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
+        write_file(
+            &snap.join("nodes.arrow"),
+            schema,
+            std::iter::once(Ok(batch)),
+        )
+        .unwrap();
         let back = read(dir.path(), 1).unwrap().unwrap();
         same_graph(&back.graph, &g);
         assert!(back.ordinals.is_none());
+    }
+
+    /// A snapshot missing a key segment is an error that says where.
+    #[test]
+    fn a_missing_key_segment_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = graph();
+        write(dir.path(), 1, &g, &[NONE; 3], None).unwrap();
+        let a = g.intern("device", "d9");
+        g.add_event(&mut vec![a], 50);
+        g.seal();
+        write(dir.path(), 2, &g, &[NONE; 4], Some((1, 3))).unwrap();
+        std::fs::remove_file(dir_of(dir.path(), 2).join("keys-0-3.arrow")).unwrap();
+        let err = read(dir.path(), 2).err().unwrap().to_string();
+        assert!(err.contains("no key segment starts at node 0"), "{err}");
     }
 
     /// A damaged snapshot is an error naming the column, not a panic.
@@ -461,7 +669,7 @@ mod tests {
     fn a_damaged_snapshot_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let g = graph();
-        write(dir.path(), 1, &g, &[NONE; 3]).unwrap();
+        write(dir.path(), 1, &g, &[NONE; 3], None).unwrap();
         let path = dir_of(dir.path(), 1).join("links.arrow");
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, false)]));
         let batch = RecordBatch::try_new(
