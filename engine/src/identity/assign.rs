@@ -72,14 +72,35 @@ pub(crate) struct Change {
 pub(crate) struct Assignment {
     /// Indexed like the run's components.
     pub persons: Vec<Person>,
-    /// Every previous person, updated: retired ones carry `merged_into`.
-    pub previous: Vec<PrevPerson>,
+    /// Previous persons this run retires (index into `Previous::persons`)
+    /// with the survivor they were merged into (empty when they vanished).
+    pub retired: Vec<(u32, String)>,
     pub changes: Vec<Change>,
     pub new_persons: u64,
     pub merges: u64,
     pub splits: u64,
     /// Previous live persons that kept their id and ordinal with the same values or more.
     pub kept: u64,
+}
+
+impl Assignment {
+    /// Every previous person retired after this run, in the order of
+    /// `prev.persons`: those retired before and those this run retires.
+    pub fn all_retired(&self, prev: &Previous) -> Vec<PrevPerson> {
+        let mut now = self.retired.iter().peekable();
+        let mut out = Vec::new();
+        for (q, p) in prev.persons.iter().enumerate() {
+            match now.next_if(|(r, _)| *r as usize == q) {
+                Some((_, into)) => out.push(PrevPerson {
+                    merged_into: Some(into.clone()),
+                    ..p.clone()
+                }),
+                None if p.merged_into.is_some() => out.push(p.clone()),
+                None => {}
+            }
+        }
+        out
+    }
 }
 
 /// A person id for a new person (shown as 16 hex digits): a hash of its
@@ -176,7 +197,7 @@ pub(crate) fn assign(
         .map(|(q, &(p, _))| (p, prev.persons[q].ordinal, q as u32))
         .collect();
     claims.sort_unstable();
-    let mut previous = prev.persons.clone();
+    let mut retired = Vec::new();
     let mut taken: HashSet<u64> = prev
         .persons
         .iter()
@@ -201,7 +222,7 @@ pub(crate) fn assign(
         if cl.len() > 1 {
             let mut ids = vec![survivor.person_id.clone()];
             for &(_, _, q) in &cl[1..] {
-                previous[q as usize].merged_into = Some(survivor.person_id.clone());
+                retired.push((q, survivor.person_id.clone()));
                 ids.push(prev.persons[q as usize].person_id.clone());
                 merges += 1;
             }
@@ -267,17 +288,19 @@ pub(crate) fn assign(
         });
     }
     // Live persons no value of which is in any component now: retired, no redirect.
-    for (q, person) in previous.iter_mut().enumerate() {
+    // (A merged person is some component's heir, so it reached one.)
+    for (q, person) in prev.persons.iter().enumerate() {
         if scope.is_some_and(|s| !s[q]) {
             continue;
         }
         if person.merged_into.is_none() && reached[q] == 0 {
-            person.merged_into = Some(String::new());
+            retired.push((q as u32, String::new()));
         }
     }
+    retired.sort_unstable();
     Assignment {
         persons,
-        previous,
+        retired,
         changes,
         new_persons: new.len() as u64,
         merges,
@@ -317,11 +340,20 @@ mod tests {
 
     /// The previous state a run over `g` leaves, as the tables would hold
     /// it, for a next run over `next`.
-    fn carry(g: &Graph, c: &Components, a: &Assignment, next: &Graph) -> Previous {
+    fn carry(
+        before: &Previous,
+        g: &Graph,
+        c: &Components,
+        a: &Assignment,
+        next: &Graph,
+    ) -> Previous {
         let mut prev = Previous {
-            persons: a.previous.clone(),
+            persons: before.persons.clone(),
             owner: vec![NONE; next.len()],
         };
+        for (q, into) in &a.retired {
+            prev.persons[*q as usize].merged_into = Some(into.clone());
+        }
         let base = prev.persons.len() as u32;
         let mut index = HashMap::new();
         for p in &a.persons {
@@ -379,17 +411,18 @@ mod tests {
         events.push(&[("phone", "p1"), ("unionid", "u")]);
         events.push(&[("phone", "p2"), ("unionid", "u")]);
         let g2 = graph(&events);
-        let prev = carry(&g1, &c1, &a1, &g2);
+        let prev = carry(&Previous::default(), &g1, &c1, &a1, &g2);
         let (c2, a2) = run(&g2, &prev);
         assert_eq!(a2.merges, 1);
         assert_eq!(a2.new_persons, 0);
         assert_eq!(id_of(&g2, &c2, &a2, "phone", "p2"), p1);
-        let retired = a2.previous.iter().find(|p| p.person_id == p2.0).unwrap();
+        let retired = a2.all_retired(&prev);
+        let retired = retired.iter().find(|p| p.person_id == p2.0).unwrap();
         assert_eq!(retired.merged_into.as_deref(), Some(p1.0.as_str()));
         assert_eq!(a2.changes[0].kind, "merge");
 
         // A third run over the same events changes nothing.
-        let prev = carry(&g2, &c2, &a2, &g2);
+        let prev = carry(&prev, &g2, &c2, &a2, &g2);
         let (c3, a3) = run(&g2, &prev);
         assert_eq!((a3.merges, a3.splits, a3.new_persons), (0, 0, 0));
         assert_eq!(
@@ -410,7 +443,7 @@ mod tests {
         let (c, a) = run(&g, &Previous::default());
         assert_eq!(c.persons, 1);
         let before = id_of(&g, &c, &a, "phone", "p1");
-        let prev = carry(&g, &c, &a, &g);
+        let prev = carry(&Previous::default(), &g, &c, &a, &g);
         // A rule change: cookies no longer merge.
         let rules = IdentityRules::from_toml("[kinds.cookie]\nmerge = false\n").unwrap();
         let c2 = components(&g, &rules.compile().unwrap());

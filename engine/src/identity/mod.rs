@@ -260,7 +260,7 @@ impl Workspace {
         // Assign stable ids; carry every person outside the scope over.
         let t = Instant::now();
         steps.done("components");
-        let prev = tables::read_previous(&dir, &g, base_ordinals.as_deref()).await?;
+        let mut prev = tables::read_previous(&dir, &g, base_ordinals.as_deref()).await?;
         drop(base_ordinals);
         steps.done("previous read");
         let previous_persons = prev
@@ -286,19 +286,21 @@ impl Workspace {
         });
         steps.done("scope");
         let a = assign::assign(work, &c, &prev, owner, now, scope.as_deref());
+        let retired = a.all_retired(&prev);
         steps.done("assign");
         let mut persons = a.persons.clone();
         let mut node_person = vec![components::NONE; g.len()];
         let mut carried = 0u64;
         match &scope_nodes {
             Some(nodes) => {
-                // Previous person → its index in `persons` when carried over.
+                // Previous person → its index in `persons` when carried over
+                // (its id moved, not copied: `prev` is done with after this).
                 let mut index = vec![components::NONE; prev.persons.len()];
-                for (q, p) in prev.persons.iter().enumerate() {
+                for (q, p) in prev.persons.iter_mut().enumerate() {
                     if p.merged_into.is_none() && scope.as_ref().is_some_and(|s| !s[q]) {
                         index[q] = persons.len() as u32;
                         persons.push(assign::Person {
-                            person_id: p.person_id.clone(),
+                            person_id: std::mem::take(&mut p.person_id),
                             ordinal: p.ordinal,
                             created_at: p.created_at,
                         });
@@ -372,12 +374,6 @@ impl Workspace {
             let t = Instant::now();
             let mut history = a.changes.clone();
             history.extend(new_history(&state, &quarantined, &refused));
-            let retired: Vec<assign::PrevPerson> = a
-                .previous
-                .iter()
-                .filter(|p| p.merged_into.is_some())
-                .cloned()
-                .collect();
             // The snapshot (plain Arrow files) is written on a blocking
             // thread while the Delta tables are encoded here: the state file
             // below, which makes both current, waits for both.
