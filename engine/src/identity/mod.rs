@@ -370,6 +370,11 @@ impl Workspace {
             );
         }
 
+        // Shared with the table writer's batches.
+        let (persons, node_person) = (
+            std::sync::Arc::new(persons),
+            std::sync::Arc::new(node_person),
+        );
         if !opts.dry_run {
             let t = Instant::now();
             let mut history = a.changes.clone();
@@ -395,9 +400,9 @@ impl Workspace {
             };
             let outputs = tables::write_outputs(
                 &dir,
-                &g,
-                &node_person,
-                &persons,
+                std::sync::Arc::clone(&g),
+                std::sync::Arc::clone(&node_person),
+                std::sync::Arc::clone(&persons),
                 &retired,
                 history,
                 run,

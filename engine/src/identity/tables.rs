@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, ListBuilder, RecordBatch, StringBuilder,
+    Array, ArrayRef, AsArray, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
@@ -182,16 +182,18 @@ async fn for_write(path: &Path) -> Result<DeltaTable> {
     })
 }
 
-/// How the identity tables are encoded. Their values and person ids are
-/// mostly unique, so only `kind` gets a dictionary (elsewhere one costs a
-/// hash lookup per value, only to be abandoned when it outgrows its page),
-/// and LZ4 compresses several times faster than the default Snappy at about
-/// the same size.
+/// How the identity (and profile) tables are encoded: LZ4, several times
+/// faster to compress than the default Snappy at about the same size, and
+/// no dictionary for the columns whose values are mostly unique (there a
+/// dictionary costs a hash lookup per value, only to be abandoned when it
+/// outgrows its page).
 fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::LZ4_RAW)
-        .set_dictionary_enabled(false)
-        .set_column_dictionary_enabled(ColumnPath::from("kind"), true)
+    ["value", "person_id", "evidence"]
+        .into_iter()
+        .fold(
+            WriterProperties::builder().set_compression(Compression::LZ4_RAW),
+            |b, c| b.set_column_dictionary_enabled(ColumnPath::from(c), false),
+        )
         .build()
 }
 
@@ -272,6 +274,7 @@ pub(crate) async fn write_stream(
         .await?
         .write(Vec::new())
         .with_input_plan(plan)
+        .with_writer_properties(writer_properties())
         .with_save_mode(mode)
         .await
         .map_err(Error::from)?;
@@ -291,6 +294,72 @@ fn micros(values: Vec<i64>) -> TimestampMicrosecondArray {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn write_outputs(
     dir: &Path,
+    g: Arc<Graph>,
+    node_person: Arc<Vec<u32>>,
+    persons: Arc<Vec<Person>>,
+    retired: &[PrevPerson],
+    history: Vec<Change>,
+    run: u64,
+    now: i64,
+) -> Result<()> {
+    // identifiers: streamed in chunks built as the writer pulls them, so the
+    // 3 M-row table never sits in memory whole; persons and the history are
+    // written meanwhile (three tables, three commits).
+    let identifiers = {
+        let (g, node_person, persons) = (g.clone(), node_person.clone(), persons.clone());
+        let mut next = 0u32;
+        let batches = std::iter::from_fn(move || {
+            let n_nodes = g.len() as u32;
+            let chunk: Vec<u32> = (next..n_nodes)
+                .filter(|&n| node_person[n as usize] != NONE)
+                .take(CHUNK)
+                .collect();
+            next = chunk.last().map_or(n_nodes, |&n| n + 1);
+            if chunk.is_empty() {
+                return None;
+            }
+            let kind = StringArray::from_iter_values(chunk.iter().map(|&n| g.kind(n)));
+            let value = StringArray::from_iter_values(chunk.iter().map(|&n| g.value(n)));
+            let owner = |n: u32| &persons[node_person[n as usize] as usize];
+            let pid = StringArray::from_iter_values(chunk.iter().map(|&n| &owner(n).person_id));
+            let ord =
+                Int64Array::from_iter_values(chunk.iter().map(|&n| i64::from(owner(n).ordinal)));
+            let first = micros(chunk.iter().map(|&n| g.first_seen(n)).collect());
+            let last = micros(chunk.iter().map(|&n| g.last_seen(n)).collect());
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(kind),
+                Arc::new(value),
+                Arc::new(pid),
+                Arc::new(ord),
+                Arc::new(first),
+                Arc::new(last),
+            ];
+            Some(RecordBatch::try_new(IDENTIFIERS_SCHEMA.clone(), cols).map_err(Error::from))
+        });
+        let path = dir.join(IDENTIFIERS);
+        async move {
+            let t = std::time::Instant::now();
+            write_stream(
+                &path,
+                IDENTIFIERS_SCHEMA.clone(),
+                batches,
+                SaveMode::Overwrite,
+            )
+            .await?;
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "identifiers written");
+            Ok::<(), Error>(())
+        }
+    };
+    let others =
+        write_persons_and_history(dir, &g, &node_person, &persons, retired, history, run, now);
+    futures::future::try_join(identifiers, others).await?;
+    Ok(())
+}
+
+/// The `persons` (overwrite) and `identity_history` (append) tables of a run.
+#[allow(clippy::too_many_arguments)]
+async fn write_persons_and_history(
+    dir: &Path,
     g: &Graph,
     node_person: &[u32],
     persons: &[Person],
@@ -299,46 +368,6 @@ pub(crate) async fn write_outputs(
     run: u64,
     now: i64,
 ) -> Result<()> {
-    // identifiers, in chunks.
-    let mut batches = Vec::new();
-    let nodes: Vec<u32> = (0..g.len() as u32)
-        .filter(|&n| node_person[n as usize] != NONE)
-        .collect();
-    for chunk in nodes.chunks(CHUNK) {
-        let mut kind = StringBuilder::new();
-        let mut value = StringBuilder::new();
-        let mut pid = StringBuilder::new();
-        let mut ord = Vec::with_capacity(chunk.len());
-        let (mut first, mut last) = (
-            Vec::with_capacity(chunk.len()),
-            Vec::with_capacity(chunk.len()),
-        );
-        for &n in chunk {
-            let p = &persons[node_person[n as usize] as usize];
-            kind.append_value(g.kind(n));
-            value.append_value(g.value(n));
-            pid.append_value(&p.person_id);
-            ord.push(i64::from(p.ordinal));
-            first.push(g.first_seen(n));
-            last.push(g.last_seen(n));
-        }
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(kind.finish()),
-            Arc::new(value.finish()),
-            Arc::new(pid.finish()),
-            Arc::new(Int64Array::from(ord)),
-            Arc::new(micros(first)),
-            Arc::new(micros(last)),
-        ];
-        batches.push(RecordBatch::try_new(IDENTIFIERS_SCHEMA.clone(), cols)?);
-    }
-    if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(IDENTIFIERS_SCHEMA.clone()));
-    }
-    let t = std::time::Instant::now();
-    write(&dir.join(IDENTIFIERS), batches, SaveMode::Overwrite).await?;
-    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "identifiers written");
-
     // persons: this run's live persons, then the retired ones.
     let np = persons.len();
     let mut count = vec![0i64; np];
