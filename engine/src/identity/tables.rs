@@ -281,6 +281,100 @@ pub(crate) async fn write_stream(
     Ok(())
 }
 
+/// Overwrites the Delta table at `path` (created empty first when absent)
+/// with what `parts` yield, in one commit. Each part is encoded by its own
+/// Parquet writer on its own task: delta-rs encodes an unpartitioned table's
+/// write on a single task, and the identity tables are the run's largest
+/// write.
+pub(crate) async fn overwrite_in_parts(
+    path: &Path,
+    schema: SchemaRef,
+    parts: Vec<BatchIter>,
+) -> Result<()> {
+    use deltalake_core::datafile::writer::{DeltaWriter, WriterConfig};
+    use deltalake_core::kernel::Action;
+    use deltalake_core::kernel::transaction::{CommitBuilder, TableReference};
+    use deltalake_core::operations::write::WriterStatsConfig;
+    use deltalake_core::protocol::DeltaOperation;
+    use futures::TryStreamExt;
+    if !path.join("_delta_log").is_dir() {
+        write_stream(
+            path,
+            schema.clone(),
+            std::iter::empty(),
+            SaveMode::Overwrite,
+        )
+        .await?;
+    }
+    let table = for_write(path).await?;
+    let snapshot = table.snapshot()?;
+    let stats = WriterStatsConfig::from_config(snapshot.snapshot().table_configuration());
+    let config = WriterConfig::new(
+        schema,
+        Vec::new(),
+        Some(writer_properties()),
+        None,
+        None,
+        stats.num_indexed_cols,
+        stats.stats_columns,
+    );
+    let tasks: Vec<_> = parts
+        .into_iter()
+        .map(|batches| {
+            let mut writer = DeltaWriter::new(table.object_store(), config.clone());
+            tokio::spawn(async move {
+                for batch in batches {
+                    let written = match batch {
+                        Ok(b) => writer.write(&b).await.map_err(Error::from),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = written {
+                        let _ = writer.abort().await;
+                        return Err(e);
+                    }
+                }
+                writer.close().await.map_err(Error::from)
+            })
+        })
+        .collect();
+    let mut actions = Vec::new();
+    let mut failed = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(adds)) => actions.extend(adds.into_iter().map(Action::Add)),
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(e) => {
+                failed = failed.or(Some(Error::Internal(format!("identity table writer: {e}"))))
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    actions.extend(
+        snapshot
+            .snapshot()
+            .file_views(&table.log_store(), None)
+            .map_ok(|f| Action::Remove(f.remove_action(true)))
+            .try_collect::<Vec<_>>()
+            .await?,
+    );
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Overwrite,
+        partition_by: None,
+        predicate: None,
+    };
+    CommitBuilder::default()
+        .with_actions(actions)
+        .build(
+            Some(snapshot as &dyn TableReference),
+            table.log_store(),
+            operation,
+        )
+        .await?;
+    Ok(())
+}
+
 const CHUNK: usize = 256 * 1024;
 
 fn micros(values: Vec<i64>) -> TimestampMicrosecondArray {
@@ -302,50 +396,23 @@ pub(crate) async fn write_outputs(
     run: u64,
     now: i64,
 ) -> Result<()> {
-    // identifiers: streamed in chunks built as the writer pulls them, so the
-    // 3 M-row table never sits in memory whole; persons and the history are
-    // written meanwhile (three tables, three commits).
+    // identifiers: in two halves of the nodes, each encoded on its own task
+    // from chunks built as its writer pulls them (the 3 M-row table never
+    // sits in memory whole); persons and the history are written meanwhile
+    // (three tables, three commits).
+    let n_nodes = g.len() as u32;
+    let parts: Vec<BatchIter> = [(0, n_nodes / 2), (n_nodes / 2, n_nodes)]
+        .into_iter()
+        .map(|(from, to)| {
+            let (g, node_person, persons) = (g.clone(), node_person.clone(), persons.clone());
+            Box::new(identifier_batches(g, node_person, persons, from, to)) as BatchIter
+        })
+        .collect();
     let identifiers = {
-        let (g, node_person, persons) = (g.clone(), node_person.clone(), persons.clone());
-        let mut next = 0u32;
-        let batches = std::iter::from_fn(move || {
-            let n_nodes = g.len() as u32;
-            let chunk: Vec<u32> = (next..n_nodes)
-                .filter(|&n| node_person[n as usize] != NONE)
-                .take(CHUNK)
-                .collect();
-            next = chunk.last().map_or(n_nodes, |&n| n + 1);
-            if chunk.is_empty() {
-                return None;
-            }
-            let kind = StringArray::from_iter_values(chunk.iter().map(|&n| g.kind(n)));
-            let value = StringArray::from_iter_values(chunk.iter().map(|&n| g.value(n)));
-            let owner = |n: u32| &persons[node_person[n as usize] as usize];
-            let pid = StringArray::from_iter_values(chunk.iter().map(|&n| &owner(n).person_id));
-            let ord =
-                Int64Array::from_iter_values(chunk.iter().map(|&n| i64::from(owner(n).ordinal)));
-            let first = micros(chunk.iter().map(|&n| g.first_seen(n)).collect());
-            let last = micros(chunk.iter().map(|&n| g.last_seen(n)).collect());
-            let cols: Vec<ArrayRef> = vec![
-                Arc::new(kind),
-                Arc::new(value),
-                Arc::new(pid),
-                Arc::new(ord),
-                Arc::new(first),
-                Arc::new(last),
-            ];
-            Some(RecordBatch::try_new(IDENTIFIERS_SCHEMA.clone(), cols).map_err(Error::from))
-        });
         let path = dir.join(IDENTIFIERS);
         async move {
             let t = std::time::Instant::now();
-            write_stream(
-                &path,
-                IDENTIFIERS_SCHEMA.clone(),
-                batches,
-                SaveMode::Overwrite,
-            )
-            .await?;
+            overwrite_in_parts(&path, IDENTIFIERS_SCHEMA.clone(), parts).await?;
             tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "identifiers written");
             Ok::<(), Error>(())
         }
@@ -354,6 +421,46 @@ pub(crate) async fn write_outputs(
         write_persons_and_history(dir, &g, &node_person, &persons, retired, history, run, now);
     futures::future::try_join(identifiers, others).await?;
     Ok(())
+}
+
+/// The `identifiers` rows of nodes `from..to` that are in a person, in
+/// chunks built one at a time as they are pulled.
+fn identifier_batches(
+    g: Arc<Graph>,
+    node_person: Arc<Vec<u32>>,
+    persons: Arc<Vec<Person>>,
+    from: u32,
+    to: u32,
+) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
+    let mut next = from;
+    std::iter::from_fn(move || {
+        let chunk: Vec<u32> = (next..to)
+            .filter(|&n| node_person[n as usize] != NONE)
+            .take(CHUNK)
+            .collect();
+        next = chunk.last().map_or(to, |&n| n + 1);
+        if chunk.is_empty() {
+            return None;
+        }
+        let owner = |n: u32| &persons[node_person[n as usize] as usize];
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                chunk.iter().map(|&n| g.kind(n)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                chunk.iter().map(|&n| g.value(n)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                chunk.iter().map(|&n| &owner(n).person_id),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                chunk.iter().map(|&n| i64::from(owner(n).ordinal)),
+            )),
+            Arc::new(micros(chunk.iter().map(|&n| g.first_seen(n)).collect())),
+            Arc::new(micros(chunk.iter().map(|&n| g.last_seen(n)).collect())),
+        ];
+        Some(RecordBatch::try_new(IDENTIFIERS_SCHEMA.clone(), cols).map_err(Error::from))
+    })
 }
 
 /// The `persons` (overwrite) and `identity_history` (append) tables of a run.
@@ -622,6 +729,54 @@ mod tests {
             SaveMode::Overwrite,
         )
         .await
+    }
+
+    #[tokio::test]
+    async fn a_write_in_parts_creates_overwrites_and_keeps_rows_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let parts = |p: Vec<Vec<Result<RecordBatch>>>| -> Vec<BatchIter> {
+            p.into_iter()
+                .map(|b| Box::new(b.into_iter()) as BatchIter)
+                .collect()
+        };
+        let schema = batch(&[]).schema();
+        overwrite_in_parts(
+            &path,
+            schema.clone(),
+            parts(vec![
+                vec![Ok(batch(&[1, 2])), Ok(batch(&[3]))],
+                vec![Ok(batch(&[4]))],
+            ]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rows(&path).await, vec![1, 2, 3, 4]);
+        overwrite_in_parts(
+            &path,
+            schema.clone(),
+            parts(vec![vec![], vec![Ok(batch(&[7]))]]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rows(&path).await, vec![7]);
+        // A part that fails fails the write, and the table keeps its rows.
+        let failing = parts(vec![
+            vec![Ok(batch(&[8]))],
+            vec![Ok(batch(&[9])), Err(Error::Internal("no more rows".into()))],
+        ]);
+        let err = overwrite_in_parts(&path, schema.clone(), failing)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no more rows"), "{err}");
+        assert_eq!(rows(&path).await, vec![7]);
+        overwrite_in_parts(&path, schema, parts(vec![vec![], vec![]]))
+            .await
+            .unwrap();
+        assert!(
+            rows(&path).await.is_empty(),
+            "an empty overwrite empties it"
+        );
     }
 
     #[tokio::test]
