@@ -465,6 +465,19 @@ impl Graph {
     /// Appends a node whose keys are computed: `key` = [`key128`] and `hash`
     /// = [`key_hash`] of `(kind, value)`.
     fn new_node(&mut self, kind: &str, value: &str, key: u128, hash: u64) -> u32 {
+        let n = self.append(kind, value, (key, hash), (i64::MAX, i64::MIN));
+        self.index.insert(key, n);
+        n
+    }
+
+    /// Appends a node without indexing it.
+    fn append(
+        &mut self,
+        kind: &str,
+        value: &str,
+        (key, hash): (u128, u64),
+        seen: (i64, i64),
+    ) -> u32 {
         let k = match self.kind_index.get(kind) {
             Some(&k) => k,
             None => {
@@ -480,8 +493,7 @@ impl Graph {
         self.ends.push(self.arena.len());
         self.hashes.push(hash);
         self.keys.push(key);
-        self.seen.push((i64::MAX, i64::MIN));
-        self.index.insert(key, n);
+        self.seen.push(seen);
         n
     }
 
@@ -512,25 +524,11 @@ impl Graph {
         &mut self,
         kind: &str,
         value: &str,
-        (key, hash): (u128, u64),
+        keys: (u128, u64),
         first_seen: i64,
         last_seen: i64,
     ) {
-        let k = match self.kinds.iter().position(|k| k == kind) {
-            Some(k) => k as u16,
-            None => {
-                self.kinds.push(kind.to_string());
-                self.kind_index
-                    .insert(kind.to_string(), self.kinds.len() as u16 - 1);
-                self.kinds.len() as u16 - 1
-            }
-        };
-        self.kind_of.push(k);
-        self.arena.push_str(value);
-        self.ends.push(self.arena.len());
-        self.hashes.push(hash);
-        self.keys.push(key);
-        self.seen.push((first_seen, last_seen));
+        self.append(kind, value, keys, (first_seen, last_seen));
     }
 
     /// Indexes every node in one pass (see `KeyMap::of_keys`), with room for
