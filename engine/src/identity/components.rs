@@ -210,35 +210,41 @@ fn node_rules(g: &Graph, rules: &CompiledRules) -> NodeRules {
     out
 }
 
-/// Union-find over nodes whose roots carry their person's count of values
-/// per capped class. Path halving, union by rank. The parents are an array
-/// of their own, 4 bytes a node, so the finds (bound by cache misses on
-/// random nodes) stay in as few lines as can be; a root's counts are a row
-/// in a side table, made when it first takes in another node.
+/// Union-find over nodes whose roots carry their person's rank and count of
+/// values per capped class. Path halving, union by rank.
+///
+/// One word per node and nothing else node-sized: the finds are bound by
+/// cache misses on random nodes, and every node-sized array is memory the
+/// job must fault in before it can use it. A word is a parent node id, or
+/// for a root [`ROOT`] with the root's row in `rows` ([`NO_ROW`] while it
+/// holds only itself: its class is its rule's, its rank 0). While a
+/// strength's first pass runs, a root it touched holds [`ROOT`] | [`MARK`] |
+/// its position in [`LevelRoots`]; once the persons are numbered, a person's
+/// root holds [`ROOT`] | [`MARK`] | its person index.
 struct CappedUnionFind {
     parent: Vec<u32>,
-    rank: Vec<u8>,
-    /// Per node: [`SINGLE`] with its class index while it holds only itself
-    /// (`u16::MAX`: no capped class), else its row in `rows`.
-    row: Vec<u32>,
-    /// `ncls` counts a row. Counts fit 16 bits: a union is refused before
-    /// any count passes its cap, and caps are at most `MAX_CAP`.
+    /// Rows of `1 + ncls` counters: the rank, then the count per capped
+    /// class. Counts fit 16 bits: a union is refused before any count passes
+    /// its cap, and caps are at most `MAX_CAP`.
     rows: Vec<u16>,
     ncls: usize,
 }
 
-/// Marks a [`CappedUnionFind::row`] entry that holds a class, not a row.
-const SINGLE: u32 = 1 << 31;
+/// A root's word.
+const ROOT: u32 = 1 << 31;
+/// A root's payload is a position or person index, not a row.
+const MARK: u32 = 1 << 30;
+const PAYLOAD: u32 = MARK - 1;
+/// The row of a root that holds only itself.
+const NO_ROW: u32 = PAYLOAD;
+/// Nodes the encoding can hold (node ids must not reach [`ROOT`], positions
+/// and person indexes must fit [`PAYLOAD`]).
+pub(crate) const MAX_NODES: usize = PAYLOAD as usize;
 
 impl CappedUnionFind {
     fn new(nr: &NodeRules) -> Self {
-        let n = nr.slot.len();
         CappedUnionFind {
-            parent: (0..n as u32).collect(),
-            rank: vec![0; n],
-            row: (0..n as u32)
-                .map(|v| SINGLE | u32::from(nr.class(v)))
-                .collect(),
+            parent: vec![ROOT | NO_ROW; nr.slot.len()],
             rows: Vec::new(),
             ncls: nr.caps.len(),
         }
@@ -247,44 +253,58 @@ impl CappedUnionFind {
     fn find(&mut self, mut x: u32) -> u32 {
         loop {
             let p = self.parent[x as usize];
-            if p == x {
+            if p & ROOT != 0 {
                 return x;
             }
             let grand = self.parent[p as usize];
+            if grand & ROOT != 0 {
+                return p;
+            }
             self.parent[x as usize] = grand;
             x = grand;
         }
     }
 
+    /// Root `r`'s row of counters, if it has one.
+    fn row(&self, r: u32) -> Option<&[u16]> {
+        let word = self.parent[r as usize];
+        debug_assert!(word & ROOT != 0 && word & MARK == 0, "not a plain root");
+        let row = word & PAYLOAD;
+        (row != NO_ROW).then(|| &self.rows[row as usize * (1 + self.ncls)..][..1 + self.ncls])
+    }
+
+    fn rank(&self, r: u32) -> u16 {
+        self.row(r).map_or(0, |row| row[0])
+    }
+
     /// Adds root `r`'s counts into `out` (`ncls` long).
-    fn add_counts(&self, r: u32, out: &mut [u32]) {
-        let row = self.row[r as usize];
-        if row & SINGLE != 0 {
-            let c = (row & !SINGLE) as usize;
-            if c < self.ncls {
-                out[c] += 1;
+    fn add_counts(&self, r: u32, nr: &NodeRules, out: &mut [u32]) {
+        match self.row(r) {
+            None => {
+                if let Some(o) = out.get_mut(usize::from(nr.class(r))) {
+                    *o += 1;
+                }
             }
-        } else {
-            let row = &self.rows[row as usize * self.ncls..][..self.ncls];
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o += u32::from(v);
+            Some(row) => {
+                for (o, &v) in out.iter_mut().zip(&row[1..]) {
+                    *o += u32::from(v);
+                }
             }
         }
     }
 
-    /// Sets root `r`'s counts (each within `MAX_CAP`).
-    fn set_counts(&mut self, r: u32, counts: &[u32]) {
-        if self.ncls == 0 {
-            return;
+    /// Sets root `r`'s rank and counts (each within `MAX_CAP`).
+    fn set_row(&mut self, r: u32, rank: u16, counts: &[u32]) {
+        let stride = 1 + self.ncls;
+        let mut row = self.parent[r as usize] & PAYLOAD;
+        if row == NO_ROW {
+            row = (self.rows.len() / stride) as u32;
+            self.rows.resize(self.rows.len() + stride, 0);
+            self.parent[r as usize] = ROOT | row;
         }
-        let mut row = self.row[r as usize];
-        if row & SINGLE != 0 {
-            row = (self.rows.len() / self.ncls) as u32;
-            self.rows.resize(self.rows.len() + self.ncls, 0);
-            self.row[r as usize] = row;
-        }
-        let dst = &mut self.rows[row as usize * self.ncls..][..self.ncls];
-        for (d, &c) in dst.iter_mut().zip(counts) {
+        let dst = &mut self.rows[row as usize * stride..][..stride];
+        dst[0] = rank;
+        for (d, &c) in dst[1..].iter_mut().zip(counts) {
             *d = c as u16;
         }
     }
@@ -304,8 +324,8 @@ impl CappedUnionFind {
         }
         held.clear();
         held.resize(self.ncls, 0);
-        self.add_counts(ra, held);
-        self.add_counts(rb, held);
+        self.add_counts(ra, nr, held);
+        self.add_counts(rb, nr, held);
         if let Some(c) = (0..self.ncls).find(|&c| held[c] > nr.caps[c]) {
             return Some(Refusal {
                 a,
@@ -322,48 +342,58 @@ impl CappedUnionFind {
     /// Links roots `a` and `b` (their counts summed in `counts`); returns
     /// the new root.
     fn link(&mut self, a: u32, b: u32, counts: &[u32]) -> u32 {
-        let (ra, rb) = (self.rank[a as usize], self.rank[b as usize]);
-        let (root, child) = if ra < rb { (b, a) } else { (a, b) };
-        if ra == rb {
-            self.rank[a as usize] += 1;
-        }
+        let (ra, rb) = (self.rank(a), self.rank(b));
+        let (root, child, rank) = match ra.cmp(&rb) {
+            std::cmp::Ordering::Less => (b, a, rb),
+            std::cmp::Ordering::Greater => (a, b, ra),
+            std::cmp::Ordering::Equal => (a, b, ra + 1),
+        };
         self.parent[child as usize] = root;
-        self.set_counts(root, counts);
+        self.set_row(root, rank, counts);
         root
+    }
+
+    /// The person index of root `r`, numbering it `next` if it has none yet.
+    fn person(&mut self, r: u32, next: &mut u32) -> u32 {
+        let word = &mut self.parent[r as usize];
+        if *word & MARK == 0 {
+            *word = ROOT | MARK | *next;
+            *next += 1;
+        }
+        *word & PAYLOAD
     }
 }
 
-/// Union-find over the roots one strength's edges touch, by position in
-/// [`LevelRoots::roots`]: which of them the strength's edges would join if
-/// no cap refused a union.
+/// The main union-find's roots one strength's edges touch, by position (the
+/// order of first touch), and which of them the strength's edges would join
+/// if no cap refused a union. A touched root's word in the main union-find
+/// holds its position while the first pass runs; `saved` keeps the word it
+/// had.
 #[derive(Default)]
 struct LevelRoots {
-    /// The main union-find's roots touched, in order of first touch.
     roots: Vec<u32>,
+    saved: Vec<u32>,
     /// Parent by position; path halving.
     parent: Vec<u32>,
-    /// Position of a main root in `roots`, or [`NONE`]; node-sized, reset
-    /// after each strength.
-    pos: Vec<u32>,
+    /// After [`LevelRoots::groups`]: each position's group (the position of
+    /// its first-touched root), the positions ordered by group, and where
+    /// each group's run starts in that order.
+    group: Vec<u32>,
+    order: Vec<u32>,
+    start: Vec<u32>,
 }
 
 impl LevelRoots {
-    fn new(n: usize) -> Self {
-        LevelRoots {
-            pos: vec![NONE; n],
-            ..LevelRoots::default()
-        }
-    }
-
     /// Position of main root `r`, added if new.
-    fn touch(&mut self, r: u32) -> u32 {
-        let p = self.pos[r as usize];
-        if p != NONE {
-            return p;
+    fn touch(&mut self, uf: &mut CappedUnionFind, r: u32) -> u32 {
+        let word = uf.parent[r as usize];
+        if word & MARK != 0 {
+            return word & PAYLOAD;
         }
         let p = self.roots.len() as u32;
-        self.pos[r as usize] = p;
+        uf.parent[r as usize] = ROOT | MARK | p;
         self.roots.push(r);
+        self.saved.push(word);
         self.parent.push(p);
         p
     }
@@ -380,18 +410,56 @@ impl LevelRoots {
     fn union(&mut self, a: u32, b: u32) {
         let (ra, rb) = (self.find(a), self.find(b));
         // By position: the later-touched joins the earlier, so trees stay
-        // shallow enough with path halving and no rank array.
+        // shallow enough with path halving and no rank array, and a group's
+        // representative is its first position.
         if ra != rb {
             let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
             self.parent[hi as usize] = lo;
         }
     }
 
-    fn clear(&mut self) {
-        for &r in &self.roots {
-            self.pos[r as usize] = NONE;
+    /// Gives the touched roots their words back and sorts the positions by
+    /// group (a counting sort: groups are positions).
+    fn groups(&mut self, uf: &mut CappedUnionFind) {
+        for (&r, &word) in self.roots.iter().zip(&self.saved) {
+            uf.parent[r as usize] = word;
         }
+        let t = self.roots.len();
+        self.group.clear();
+        for p in 0..t as u32 {
+            let gp = self.find(p);
+            self.group.push(gp);
+        }
+        self.start.clear();
+        self.start.resize(t + 1, 0);
+        for &gp in &self.group {
+            self.start[gp as usize + 1] += 1;
+        }
+        for i in 0..t {
+            self.start[i + 1] += self.start[i];
+        }
+        self.order.clear();
+        self.order.resize(t, 0);
+        // The fill cursor of each group is its start, borrowed and put back.
+        for (p, &gp) in self.group.iter().enumerate() {
+            let at = &mut self.start[gp as usize];
+            self.order[*at as usize] = p as u32;
+            *at += 1;
+        }
+        for i in (0..t).rev() {
+            self.start[i + 1] = self.start[i];
+        }
+        self.start[0] = 0;
+    }
+
+    /// The positions of group `gp` (its representative first).
+    fn members(&self, gp: u32) -> &[u32] {
+        &self.order[self.start[gp as usize] as usize..self.start[gp as usize + 1] as usize]
+    }
+
+    fn clear(&mut self) {
         self.roots.clear();
+        self.saved.clear();
         self.parent.clear();
     }
 }
@@ -407,8 +475,19 @@ impl LevelRoots {
 /// and only the edges of groups over a cap are sorted and applied one by one
 /// with the caps checked. The outcome is that of the sequential order, which
 /// the tests check against a plain implementation of it.
+///
+/// Memory is part of the cost: every node-sized array is faulted in page by
+/// page on first touch, which on some machines costs more than the unions.
+/// So the node-sized arrays are the rules' slot per node, one union-find
+/// word per node, a degree per node that later holds the attach choices, a
+/// quarantine bit and the output.
 pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let n = g.len();
+    // The caller refuses larger graphs (`Workspace::resolve`).
+    assert!(
+        n <= MAX_NODES,
+        "identity graph of {n} nodes: at most {MAX_NODES}"
+    );
     let started = std::time::Instant::now();
     let nr = node_rules(g, rules);
     let ncls = nr.caps.len();
@@ -418,8 +497,8 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     // over the edge map: count, then place. Attach edges kept aside.
     let mut count = [0usize; 257];
     let mut degree = vec![0u32; n];
-    let mut attach: Vec<(u32, u32, u32)> = Vec::new();
-    for &(key, events) in g.links() {
+    let mut attaching = 0usize;
+    for &(key, _) in g.links() {
         let (a, b) = edge_ends(key);
         let (sa, sb) = (nr.of(a), nr.of(b));
         match (sa.merge, sb.merge) {
@@ -428,9 +507,8 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
                 degree[a as usize] += 1;
                 degree[b as usize] += 1;
             }
-            (false, true) => attach.push((a, b, events)),
-            (true, false) => attach.push((b, a, events)),
             (false, false) => {}
+            _ => attaching += 1,
         }
     }
     for i in 0..256 {
@@ -439,13 +517,19 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let level_start = count;
     let mut fill = count;
     let mut edges = vec![(0u32, 0u32); level_start[256]];
-    for &(key, _) in g.links() {
+    let mut attach: Vec<(u32, u32, u32)> = Vec::with_capacity(attaching);
+    for &(key, events) in g.links() {
         let (a, b) = edge_ends(key);
         let (sa, sb) = (nr.of(a), nr.of(b));
-        if sa.merge && sb.merge {
-            let level = usize::from(u8::MAX - sa.priority.min(sb.priority));
-            edges[fill[level]] = (a, b);
-            fill[level] += 1;
+        match (sa.merge, sb.merge) {
+            (true, true) => {
+                let level = usize::from(u8::MAX - sa.priority.min(sb.priority));
+                edges[fill[level]] = (a, b);
+                fill[level] += 1;
+            }
+            (false, true) => attach.push((a, b, events)),
+            (true, false) => attach.push((b, a, events)),
+            (false, false) => {}
         }
     }
     let t_edges = started.elapsed();
@@ -476,7 +560,6 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             near.push((at[b as usize], a));
         }
     }
-    drop(at);
     near.sort_unstable();
     let mut near_start = vec![0usize; guarded.len() + 1];
     for &(i, _) in &near {
@@ -495,11 +578,13 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let mut refused = Vec::new();
     let mut next_guarded = 0usize;
     let mut roots: Vec<u32> = Vec::new();
-    let mut level_roots = LevelRoots::new(n);
-    let mut joined: Vec<(u32, u32)> = Vec::new();
-    let mut group: Vec<u32> = Vec::new();
-    let mut totals: Vec<u32> = Vec::new();
-    let mut height: Vec<u8> = Vec::new();
+    let mut level_roots = LevelRoots::default();
+    let largest_level = (0..256)
+        .map(|l| level_start[l + 1] - level_start[l])
+        .max()
+        .unwrap_or(0);
+    let mut joined: Vec<(u32, u32)> = Vec::with_capacity(largest_level);
+    let mut counts: Vec<u32> = vec![0; ncls];
     let mut over: Vec<bool> = Vec::new();
     let mut held: Vec<u32> = Vec::new();
     let mut ordered: Vec<(u64, u64, u32, u32)> = Vec::new();
@@ -543,47 +628,45 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             if ra == rb {
                 continue;
             }
-            let (pa, pb) = (level_roots.touch(ra), level_roots.touch(rb));
+            let pa = level_roots.touch(&mut uf, ra);
+            let pb = level_roots.touch(&mut uf, rb);
             level_roots.union(pa, pb);
             joined.push((pa, i as u32));
         }
-        // Each group's count per capped class and height; over a cap or not.
+        level_roots.groups(&mut uf);
+        // Pass 2: per group, its counts per capped class and its height. A
+        // group within the caps becomes one person at once, its roots under
+        // the first one touched; the edges of the others are kept for the
+        // ordered pass.
         let touched = level_roots.roots.len();
-        group.clear();
-        totals.clear();
-        totals.resize(touched * ncls, 0);
-        height.clear();
-        height.resize(touched, 0);
-        for p in 0..touched as u32 {
-            let gp = level_roots.find(p);
-            group.push(gp);
-            let root = level_roots.roots[p as usize];
-            uf.add_counts(root, &mut totals[gp as usize * ncls..][..ncls]);
-            let h = uf.rank[root as usize] + u8::from(gp != p);
-            height[gp as usize] = height[gp as usize].max(h);
-        }
         over.clear();
-        over.extend((0..touched).map(|gp| (0..ncls).any(|c| totals[gp * ncls + c] > nr.caps[c])));
-        // Pass 2: a group within the caps becomes one person at once, its
-        // roots under the first one touched; the edges of the others are
-        // kept for the ordered pass.
-        for (p, &gp) in group.iter().enumerate() {
-            let gp = gp as usize;
-            if over[gp] {
+        over.resize(touched, false);
+        for gp in 0..touched as u32 {
+            let members = level_roots.members(gp);
+            if members.is_empty() {
                 continue;
             }
-            let (root, rep) = (level_roots.roots[p], level_roots.roots[gp]);
-            if p != gp {
-                uf.parent[root as usize] = rep;
-            } else {
-                uf.rank[rep as usize] = height[gp];
-                uf.set_counts(rep, &totals[gp * ncls..][..ncls]);
+            counts.fill(0);
+            let mut height = 0u16;
+            for &p in members {
+                let root = level_roots.roots[p as usize];
+                uf.add_counts(root, &nr, &mut counts);
+                height = height.max(uf.rank(root) + u16::from(p != gp));
             }
+            if (0..ncls).any(|c| counts[c] > nr.caps[c]) {
+                over[gp as usize] = true;
+                continue;
+            }
+            let rep = level_roots.roots[gp as usize];
+            for &p in &members[1..] {
+                uf.parent[level_roots.roots[p as usize] as usize] = rep;
+            }
+            uf.set_row(rep, height, &counts);
         }
         ordered.clear();
         if over.contains(&true) {
             for &(p, i) in &joined {
-                if over[group[p as usize] as usize] {
+                if over[level_roots.group[p as usize] as usize] {
                     let (a, b) = level_edges[i as usize];
                     let (ha, hb) = (g.key_hash(a), g.key_hash(b));
                     let (lo, hi) = if ha <= hb { (ha, hb) } else { (hb, ha) };
@@ -607,8 +690,10 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let t_unions = started.elapsed();
 
     // Attach non-merging values to the person they co-occur with most
-    // (ties: the smallest content hash): the best attach edge per value.
-    let mut attached_to = vec![NONE; n];
+    // (ties: the smallest content hash): the best attach edge per value,
+    // then its root. `at` is done with: it holds the choices.
+    let mut attached_to = at;
+    attached_to.fill(NONE);
     for (i, &(v, w, events)) in attach.iter().enumerate() {
         if quarantined_flag.get(w) {
             continue;
@@ -627,9 +712,9 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     }
     drop(attach);
 
-    // Dense person indexes, in node order of each person's first node.
+    // Dense person indexes, in node order of each person's first node,
+    // kept in the roots' words.
     let mut person = vec![NONE; n];
-    let mut dense: Vec<u32> = vec![NONE; n];
     let mut persons = 0u32;
     for v in 0..n as u32 {
         if quarantined_flag.get(v) {
@@ -642,12 +727,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         } else {
             v
         };
-        let slot = &mut dense[root as usize];
-        if *slot == NONE {
-            *slot = persons;
-            persons += 1;
-        }
-        person[v as usize] = *slot;
+        person[v as usize] = uf.person(root, &mut persons);
     }
     quarantined.sort_by_key(|q| g.key_hash(q.node));
     let end = started.elapsed();

@@ -231,6 +231,16 @@ impl Workspace {
             done: g.events,
         });
         phases.push(("read", t.elapsed()));
+        if g.len() > components::MAX_NODES {
+            return Err(Error::InvalidArgument {
+                field: "identifiers".into(),
+                reason: format!(
+                    "{} distinct identifiers: OneID resolves at most {} in one workspace",
+                    g.len(),
+                    components::MAX_NODES
+                ),
+            });
+        }
         // Shared with the snapshot writer below.
         let g = std::sync::Arc::new(g);
 
