@@ -508,6 +508,20 @@ pub(crate) async fn read_file_batches(
     Ok(())
 }
 
+/// The size of run `run`'s graph, from its key segments' names and file
+/// sizes, without reading them: `(nodes, bytes)`, bytes an upper bound on
+/// its values' bytes. None for a missing, damaged or old-format snapshot.
+pub(crate) fn size_hint(ws_dir: &Path, run: u64) -> Option<(usize, usize)> {
+    let segments = segments(&dir_of(ws_dir, run)).ok()?;
+    let nodes = segments.last()?.1;
+    let bytes = segments
+        .iter()
+        .filter_map(|(_, _, path)| std::fs::metadata(path).ok())
+        .map(|m| m.len() as usize)
+        .sum();
+    Some((nodes, bytes))
+}
+
 /// A column read back as a sanity check in tests.
 #[cfg(test)]
 pub(crate) fn node_count(ws_dir: &Path, run: u64) -> usize {
@@ -550,6 +564,14 @@ mod tests {
         let ordinals = [7, NONE, 7];
         write(dir.path(), 3, &g, &ordinals, None).unwrap();
         assert_eq!(node_count(dir.path(), 3), 3);
+        let (nodes, bytes) = size_hint(dir.path(), 3).unwrap();
+        assert_eq!(nodes, 3);
+        let values: usize = (0..3).map(|n| g.value(n).len()).sum();
+        assert!(
+            bytes >= values,
+            "{bytes} bytes hinted for {values} bytes of values"
+        );
+        assert_eq!(size_hint(dir.path(), 4), None);
         let back = read(dir.path(), 3).unwrap().unwrap();
         same_graph(&back.graph, &g);
         assert_eq!(back.ordinals.as_deref(), Some(&ordinals[..]));
