@@ -66,7 +66,7 @@ impl Workspace {
             return Ok(Some(map.clone()));
         }
         let rules = self.identity_rules()?;
-        let Some(map) = PersonMap::load(self, &rules).await? else {
+        let Some(map) = PersonMap::load(self, &rules, run).await? else {
             return Ok(None);
         };
         let map = Arc::new(map);

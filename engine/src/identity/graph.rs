@@ -274,15 +274,27 @@ impl<V: Copy + Default> KeyMap<V> {
 }
 
 impl KeyMap<u32> {
-    /// The map `keys[i] → i`, with room for `spare` more keys. The keys go
-    /// in in the order of their first slots (a radix sort of the slot
-    /// numbers), so the inserts walk the table once from start to end
-    /// instead of probing it at random. Err: the index of the first key that
-    /// repeats an earlier one.
+    /// The map `keys[i] → i`, with room for `spare` more keys; see
+    /// [`KeyMap::of_entries`].
     fn of_keys(keys: &[u128], spare: usize) -> std::result::Result<Self, usize> {
+        Self::of_entries(keys, spare, |i| Some(i as u32))
+    }
+}
+
+impl<V: Copy + Default> KeyMap<V> {
+    /// The map `keys[i] → value(i)` over the `i` whose value is `Some`, with
+    /// room for `spare` more keys. The keys go in in the order of their first
+    /// slots (a radix sort of the slot numbers), so the inserts walk the
+    /// table once from start to end instead of probing it at random. Err:
+    /// the index of the first key that repeats an earlier one.
+    pub(crate) fn of_entries(
+        keys: &[u128],
+        spare: usize,
+        mut value: impl FnMut(usize) -> Option<V>,
+    ) -> std::result::Result<Self, usize> {
         let cap = ((keys.len() + spare) * 10 / 7 + 1).max(16);
         let mut map = KeyMap {
-            slots: vec![(EMPTY, 0); cap],
+            slots: vec![(EMPTY, V::default()); cap],
             len: 0,
             empty_key: None,
         };
@@ -320,9 +332,10 @@ impl KeyMap<u32> {
         drop(scratch);
         for e in order {
             let i = (e & 0xffff_ffff) as usize;
+            let Some(v) = value(i) else { continue };
             let k = Key::from(keys[i]);
             if k == EMPTY {
-                if map.empty_key.replace(i as u32).is_some() {
+                if map.empty_key.replace(v).is_some() {
                     return Err(i);
                 }
                 continue;
@@ -331,7 +344,7 @@ impl KeyMap<u32> {
             if map.slots[at].0 == k {
                 return Err(i);
             }
-            map.slots[at] = (k, i as u32);
+            map.slots[at] = (k, v);
             map.len += 1;
         }
         Ok(map)

@@ -265,6 +265,112 @@ fn reader(path: &Path) -> Result<FileReader<std::io::BufReader<std::fs::File>>> 
     Ok(FileReader::try_new(std::io::BufReader::new(file), None)?)
 }
 
+/// A file of a snapshot, only the columns `names` of `schema` decoded.
+fn projected(
+    path: &Path,
+    schema: &Schema,
+    names: &[&str],
+) -> Result<FileReader<std::io::BufReader<std::fs::File>>> {
+    let columns = names
+        .iter()
+        .map(|n| schema.index_of(n))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(FileReader::try_new(
+        std::io::BufReader::new(file),
+        Some(columns),
+    )?)
+}
+
+/// Who held each value after a run: per node of its snapshot, the key, the
+/// kind and the person's ordinal.
+#[derive(Debug, Default)]
+pub(crate) struct Owners {
+    /// [`key128`] of each node.
+    pub keys: Vec<u128>,
+    /// The ordinal of each node's person ([`Owners::NO_PERSON`]: none).
+    pub ordinals: Vec<u32>,
+    /// Each node's kind, an index into `kind_names`.
+    pub kinds: Vec<u16>,
+    pub kind_names: Vec<String>,
+}
+
+impl Owners {
+    /// A node no person holds.
+    pub const NO_PERSON: u32 = NONE;
+}
+
+/// The owners of run `run`'s values, from its snapshot's keys and ordinals
+/// (the values, times and links are not decoded): what the tag refresh
+/// attributes events with, instead of reading and hashing the `identifiers`
+/// table. None for a missing or old-format snapshot.
+pub(crate) fn read_owners(ws_dir: &Path, run: u64) -> Result<Option<Owners>> {
+    let dir = dir_of(ws_dir, run);
+    if !dir.join("seen.arrow").is_file() || dir.join("nodes.arrow").is_file() {
+        return Ok(None);
+    }
+    let mut o = Owners::default();
+    for batch in projected(&dir.join("seen.arrow"), &seen_schema(), &["ordinal"])? {
+        let batch = batch?;
+        let ordinal = numbers::<UInt32Type>(&batch, "ordinal", &dir)?;
+        o.ordinals.extend(ordinal.iter().map(|o| o.unwrap_or(NONE)));
+    }
+    let rows = o.ordinals.len();
+    let segments = segments(&dir)?;
+    if segments.last().map_or(0, |s| s.1) != rows {
+        return Err(damaged(
+            &dir,
+            &format!(
+                "key segments end at node {}, `seen.arrow` has {rows}",
+                segments.last().map_or(0, |s| s.1)
+            ),
+        ));
+    }
+    o.keys.reserve(rows);
+    o.kinds.reserve(rows);
+    for (from, end, path) in segments {
+        for batch in projected(&path, &keys_schema(), &["kind", "key_lo", "key_hi"])? {
+            let batch = batch?;
+            let kinds = strings(&batch, "kind", &dir)?;
+            let lo = numbers::<UInt64Type>(&batch, "key_lo", &dir)?;
+            let hi = numbers::<UInt64Type>(&batch, "key_hi", &dir)?;
+            if o.keys.len() + batch.num_rows() > end {
+                return Err(damaged(
+                    &dir,
+                    &format!("segment {from}-{end} holds more nodes"),
+                ));
+            }
+            let mut last: Option<(&str, u16)> = None;
+            for i in 0..batch.num_rows() {
+                let kind = kinds.value(i);
+                let k = match last {
+                    Some((l, k)) if l == kind => k,
+                    _ => match o.kind_names.iter().position(|n| n == kind) {
+                        Some(k) => k as u16,
+                        None => {
+                            let k = u16::try_from(o.kind_names.len())
+                                .map_err(|_| damaged(&dir, "more than 65,535 kinds"))?;
+                            o.kind_names.push(kind.to_string());
+                            k
+                        }
+                    },
+                };
+                last = Some((kind, k));
+                o.kinds.push(k);
+                o.keys
+                    .push(u128::from(lo.value(i)) | (u128::from(hi.value(i)) << 64));
+            }
+        }
+        if o.keys.len() != end {
+            return Err(damaged(
+                &dir,
+                &format!("segment {from}-{end} ends at node {}", o.keys.len()),
+            ));
+        }
+    }
+    Ok(Some(o))
+}
+
 /// Reads the snapshot of run `run`, if it is there.
 pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
     let dir = dir_of(ws_dir, run);

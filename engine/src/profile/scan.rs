@@ -9,6 +9,7 @@ use roaring::RoaringBitmap;
 
 use crate::identity::IdentityRules;
 use crate::identity::graph::{KeyMap, key128};
+use crate::identity::snapshot;
 use crate::identity::tables::{self, IDENTIFIERS, PERSONS};
 pub use crate::index::BehaviourKey;
 use crate::index::DayLists;
@@ -32,8 +33,11 @@ pub(crate) struct PersonMap {
 }
 
 impl PersonMap {
-    /// Loads the `persons` and `identifiers` tables; `None` before the first resolve.
-    pub async fn load(ws: &Workspace, rules: &IdentityRules) -> Result<Option<Self>> {
+    /// Loads the `persons` table and who owns each value after OneID's run
+    /// `run`: from that run's graph snapshot (keys and ordinals, no value
+    /// hashed), or from the `identifiers` table when the snapshot is gone or
+    /// of the old format. `None` before the first resolve.
+    pub async fn load(ws: &Workspace, rules: &IdentityRules, run: u64) -> Result<Option<Self>> {
         let dir = ws.dir();
         if tables::open(&dir.join(PERSONS)).await?.is_none() {
             return Ok(None);
@@ -70,6 +74,36 @@ impl PersonMap {
             if let Some(&to) = ordinal_of_id.get(&into) {
                 map.merged_into.insert(o, to);
             }
+        }
+        // A snapshot pruned by a run finishing meanwhile, or damaged, only
+        // costs the slower read below.
+        let owners = snapshot::read_owners(dir, run).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "owners read from `identifiers` instead of the snapshot");
+            None
+        });
+        if let Some(owners) = owners {
+            let priority: Vec<u8> = owners
+                .kind_names
+                .iter()
+                .map(|k| rules.kind(k).priority)
+                .collect();
+            // Only live persons own values: a lookup needs no liveness check.
+            let mut is_live = vec![false; map.person_ids.len()];
+            for o in &map.live {
+                is_live[o as usize] = true;
+            }
+            let live = |o: u32| is_live.get(o as usize).copied().unwrap_or(false);
+            map.owner = KeyMap::of_entries(&owners.keys, 0, |i| {
+                let o = owners.ordinals[i];
+                (o != snapshot::Owners::NO_PERSON && live(o))
+                    .then(|| (o, priority[owners.kinds[i] as usize]))
+            })
+            .map_err(|i| {
+                Error::Internal(format!(
+                    "identity snapshot of run {run}: node {i} repeats an earlier key"
+                ))
+            })?;
+            return Ok(Some(map));
         }
         let mut priorities: hashbrown::HashMap<String, u8> = hashbrown::HashMap::new();
         // One allocation for the owner map: every row, retired ones included.

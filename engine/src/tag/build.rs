@@ -63,8 +63,9 @@ pub struct RefreshReport {
     pub behaviour_keys: u64,
     /// Bytes of the version's index files.
     pub index_bytes: u64,
-    /// Seconds per phase: scan, traits, behaviour, profiles (the rest of
-    /// writing the profile tables, begun with the traits), tags, write.
+    /// Seconds per phase: persons (OneID's owners of each value), scan,
+    /// traits, behaviour, profiles (the rest of writing the profile tables,
+    /// begun with the traits), tags, write.
     pub phases: Vec<(String, f64)>,
     /// Wall time, seconds.
     pub seconds: f64,
@@ -151,14 +152,16 @@ impl Workspace {
         let defs = self.tag_definitions()?;
         let order = defs.check(&self.checked_catalog().await?)?;
         let rules = self.identity_rules()?;
-        let (identity, persons) = self.resolved_persons(&rules).await?;
-        let events_version = identity.events_version.unwrap_or(0);
         let mut phases: Vec<(String, f64)> = Vec::new();
         let mut phase = |name: &str, t: &mut Instant| {
             phases.push((name.to_string(), t.elapsed().as_secs_f64()));
             *t = Instant::now();
         };
         let mut t = Instant::now();
+        // Persons: who owns each value after OneID's last run.
+        let (identity, persons) = self.resolved_persons(&rules).await?;
+        let events_version = identity.events_version.unwrap_or(0);
+        phase("persons", &mut t);
 
         // Scan: the events since the last refresh, or every event OneID covered.
         let mut combos: Vec<BehaviourKey> = Vec::new();
@@ -423,7 +426,7 @@ impl Workspace {
         let dir = self.dir();
         for _ in 0..3 {
             let before = tables::read_state(dir)?;
-            let persons = PersonMap::load(self, rules).await?;
+            let persons = PersonMap::load(self, rules, before.run).await?;
             let after = tables::read_state(dir)?;
             if before.run != after.run {
                 continue;

@@ -254,7 +254,8 @@ impl Workspace {
             }
         }
         let rules = self.identity_rules()?;
-        let persons = crate::profile::PersonMap::load(self, &rules).await?;
+        let run = crate::identity::tables::read_state(self.dir())?.run;
+        let persons = crate::profile::PersonMap::load(self, &rules, run).await?;
         let mut report = UploadReport {
             identifiers: lines.len() as u64,
             ..UploadReport::default()

@@ -693,3 +693,85 @@ async fn a_newly_quarantined_value_makes_the_refresh_read_every_event() {
         HashSet::from([b])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_from_the_snapshot_equal_owners_from_identifiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = workspace_with(dir.path(), false).await;
+    let config = GenConfig {
+        persons: 500,
+        threads: 1,
+        ..Default::default()
+    };
+    let (batches, _) = quiver_data::generate_batches(&config).unwrap();
+    for b in &batches {
+        ws.ingest_arrow(b).await.unwrap();
+    }
+    let resolved = ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+    assert!(
+        !resolved.quarantined.is_empty(),
+        "the data should hold quarantined values"
+    );
+    let seed = TagDefinitions::parse(quiver_data::SEED_TAGS_TOML, DefinitionFormat::Toml).unwrap();
+    ws.define_tags(&seed).await.unwrap();
+    let now = i64::from(day_number(config.end_date)) * DAY_US + DAY_US / 2;
+    let from_snapshot = ws.refresh_tags_with(Some(now), true, &quiet).await.unwrap();
+    let index_a = ws.tag_index().unwrap().unwrap();
+    let profiles_a = profile_rows(&ws).await;
+
+    let rules = ws.identity_rules().unwrap();
+    let run = crate::identity::tables::read_state(ws.dir()).unwrap().run;
+    let snap = crate::identity::snapshot::dir_of(ws.dir(), run);
+    let a = crate::profile::PersonMap::load(&ws, &rules, run)
+        .await
+        .unwrap()
+        .unwrap();
+    // A damaged snapshot falls back to the `identifiers` table, as a missing one does.
+    std::fs::write(snap.join("seen.arrow"), b"not arrow").unwrap();
+    let b = crate::profile::PersonMap::load(&ws, &rules, run)
+        .await
+        .unwrap()
+        .unwrap();
+    std::fs::remove_dir_all(&snap).unwrap();
+    let c = crate::profile::PersonMap::load(&ws, &rules, run)
+        .await
+        .unwrap()
+        .unwrap();
+    let values = rows(&ws, "SELECT kind, value FROM identifiers").await;
+    assert!(values.len() > 1000);
+    let mut owned = 0;
+    for r in &values {
+        let (kind, value) = (r[0].as_deref().unwrap(), r[1].as_deref().unwrap());
+        let o = a.ordinal_of(kind, value);
+        assert_eq!(o, b.ordinal_of(kind, value), "{kind}:{value}");
+        assert_eq!(o, c.ordinal_of(kind, value), "{kind}:{value}");
+        owned += usize::from(o.is_some());
+    }
+    assert!(owned * 10 > values.len() * 9, "{owned} of {}", values.len());
+    // Priorities: an event's person is its strongest value's.
+    let pairs = rows(
+        &ws,
+        "SELECT a.kind, a.value, b.kind, b.value FROM identifiers a JOIN identifiers b \
+         ON a.person_id <> b.person_id AND a.kind <> b.kind LIMIT 200",
+    )
+    .await;
+    assert!(!pairs.is_empty());
+    for r in &pairs {
+        let ids = [
+            (r[0].as_deref().unwrap(), r[1].as_deref().unwrap()),
+            (r[2].as_deref().unwrap(), r[3].as_deref().unwrap()),
+        ];
+        assert_eq!(a.owner_of(ids), c.owner_of(ids), "{ids:?}");
+    }
+
+    // The refresh without the snapshot gives the same index and profiles.
+    let from_table = ws.refresh_tags_with(Some(now), true, &quiet).await.unwrap();
+    assert_eq!(from_snapshot.events, from_table.events);
+    assert_eq!(
+        from_snapshot.unattributed_events,
+        from_table.unattributed_events
+    );
+    assert_same_index(&index_a, &ws.tag_index().unwrap().unwrap());
+    assert_eq!(profiles_a, profile_rows(&ws).await);
+    assert_eq!(from_snapshot.phases[0].0, "persons");
+}
