@@ -139,7 +139,7 @@ fn bits(b: &roaring::RoaringBitmap) -> HashSet<u32> {
 
 const EXTRA: &str = r#"
 [behaviour]
-dimensions = ["category", "channel"]
+dimensions = ["category", "channel", "member_level"]
 
 [[tag]]
 name = "big_spender"
@@ -150,6 +150,11 @@ rule = "total_spend >= 500 AND NOT skincare_lover"
 name = "mini_skincare_buyer"
 kind = "boolean"
 rule = "did(purchase WHERE category = 'skincare' AND channel = 'miniprogram')"
+
+[[tag]]
+name = "made_gold"
+kind = "boolean"
+rule = "did(profile_update WHERE member_level = 'gold') >= 1"
 
 [[tag]]
 name = "quiet_viewer"
@@ -185,7 +190,7 @@ async fn every_tag_kind_equals_a_naive_model() {
     ws.define_tags(&seed).await.unwrap();
     let extra = TagDefinitions::parse(EXTRA, DefinitionFormat::Toml).unwrap();
     let defs = ws.define_tags(&extra).await.unwrap();
-    assert_eq!(defs.tags.len(), 9);
+    assert_eq!(defs.tags.len(), 10);
 
     // The manual list: phones of some persons, plus values nobody holds.
     let phones: Vec<(String, u32)> = rows(
@@ -281,6 +286,15 @@ async fn every_tag_kind_equals_a_naive_model() {
                     e.event_type == "page_view" && (from..=to).contains(&e.day)
                 }) >= 1
                     && count(evs, &|e| e.event_type == "purchase") == 0
+            }),
+        ),
+        (
+            // A dimension only the `properties` map holds.
+            "made_gold",
+            model(&|evs| {
+                count(evs, &|e| {
+                    e.event_type == "profile_update" && e.level.as_deref() == Some("gold")
+                }) >= 1
             }),
         ),
         ("vip_list", phones.iter().map(|p| p.1).collect()),
