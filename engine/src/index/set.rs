@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-use super::files::{IndexKind, write_atomic};
+use super::files::{IndexKind, WriteJob, write_atomic, write_durably};
 use super::{BehaviourKey, Bsi, DailyCounts, IndexDir};
 use crate::{Error, Result};
 
@@ -93,6 +93,22 @@ pub struct Manifest {
 
 const FORMAT: u32 = 1;
 
+/// Queues bitmap `name` of version `v` for writing; its manifest entry.
+fn bitmap_job<'a>(
+    jobs: &mut Vec<(PathBuf, WriteJob<'a>)>,
+    dir: &IndexDir,
+    v: u64,
+    name: String,
+    b: &'a RoaringBitmap,
+) -> Result<Entry> {
+    let path = dir.path(&name, IndexKind::Bitmap, v)?;
+    jobs.push((path, Box::new(move |w| b.serialize_into(w))));
+    Ok(Entry {
+        file: name,
+        count: b.len(),
+    })
+}
+
 /// `name` as a file name: itself when it is short and plain, else a hash.
 fn file_safe(name: &str) -> String {
     let plain = !name.is_empty()
@@ -151,13 +167,8 @@ impl IndexSet {
     pub fn write(&self, root: &Path, extra: serde_json::Value) -> Result<Manifest> {
         let dir = IndexDir::new(root);
         let v = self.version;
-        let bitmap = |name: String, b: &RoaringBitmap| -> Result<Entry> {
-            dir.write_bitmap(&name, v, b)?;
-            Ok(Entry {
-                file: name,
-                count: b.len(),
-            })
-        };
+        let mut jobs: Vec<(PathBuf, WriteJob<'_>)> = Vec::new();
+        let mut bitmap = |name: String, b| bitmap_job(&mut jobs, &dir, v, name, b);
         let mut m = Manifest {
             format: FORMAT,
             version: v,
@@ -183,7 +194,8 @@ impl IndexSet {
         }
         for (name, n) in &self.numbers {
             let file = format!("num.{}", file_safe(name));
-            dir.write_bsi(&file, v, &n.bsi)?;
+            let path = dir.path(&file, IndexKind::Bsi, v)?;
+            jobs.push((path, Box::new(move |w| n.bsi.write_to(w))));
             let count = n.bsi.len();
             m.numbers
                 .insert(name.clone(), (n.scale, Entry { file, count }));
@@ -191,9 +203,11 @@ impl IndexSet {
         for (i, (key, counts)) in self.behaviour.iter().enumerate() {
             let file = format!("beh.{i}");
             let path = dir.path(&file, IndexKind::Behaviour, v)?;
-            write_atomic(&path, |w| counts.write_to(w))?;
+            jobs.push((path, Box::new(move |w| counts.write_to(w))));
             m.behaviour.push((key.clone(), Entry { file, count: 0 }));
         }
+        // Every file durable before the manifest that makes them the version.
+        write_durably(jobs)?;
         let bytes = serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
         write_atomic(&Self::manifest_path(root, v), |w| w.write_all(&bytes))?;
         Ok(m)

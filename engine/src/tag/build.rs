@@ -388,16 +388,38 @@ impl Workspace {
                 combos: plan.combos.clone(),
             };
             let root = root.clone();
-            tokio::task::spawn_blocking(move || profile::state::write(&root, &meta, &scan))
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let r = profile::state::write(&root, &meta, &scan);
+                tracing::debug!(
+                    ms = t.elapsed().as_secs_f64() * 1e3,
+                    "refresh state written"
+                );
+                r
+            })
         };
         {
             let (set, root) = (set.clone(), root.clone());
-            tokio::task::spawn_blocking(move || set.write(&root, extra))
-                .await
-                .map_err(|e| Error::Internal(format!("index write task: {e}")))??;
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let m = set.write(&root, extra)?;
+                tracing::debug!(
+                    ms = t.elapsed().as_secs_f64() * 1e3,
+                    behaviour_files = m.behaviour.len(),
+                    "index files written"
+                );
+                Ok::<_, Error>(())
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("index write task: {e}")))??;
         }
         let keep = self.tag_state_keep();
+        let t_prune = Instant::now();
         IndexSet::prune(&root, keep)?;
+        tracing::debug!(
+            ms = t_prune.elapsed().as_secs_f64() * 1e3,
+            "old index versions pruned"
+        );
         match state_task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
