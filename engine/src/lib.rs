@@ -36,3 +36,14 @@ pub use config::{EngineConfig, StoreConfig, TagsConfig};
 pub use error::{Error, Result};
 pub use event::{IngestReport, RawEvent, RowError};
 pub use store::{Engine, FlushReport, OptimizeReport, Workspace, WorkspaceInfo};
+
+/// A task aborted when its handle is dropped unawaited: work a failed
+/// operation started (a refresh's profile-table writes) does not run on past
+/// the lock that operation held, racing the next one.
+pub(crate) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

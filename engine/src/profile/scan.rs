@@ -236,8 +236,10 @@ pub(crate) struct Scan {
     pub last_order: Vec<i64>,
     /// (time, channel id) of the first `register`.
     pub registered: Vec<(i64, u32)>,
-    pub channel_counts: Vec<Vec<(u32, u32)>>,
-    pub category_counts: Vec<Vec<(u32, u32)>>,
+    /// Events per channel id.
+    pub channel_counts: Counts,
+    /// Events per category id.
+    pub category_counts: Counts,
     /// Latest (key, time, value) per attribute.
     pub attributes: Vec<Vec<(u32, i64, u32)>>,
     pub channels: Interner,
@@ -255,8 +257,116 @@ pub(crate) struct Scan {
     pub event_types: Interner,
 }
 
-fn bump(counts: &mut Vec<(u32, u32)>, id: u32) {
-    add_count(counts, id, 1);
+/// Ids of a vocabulary that get a column of their own in [`Counts`].
+const DENSE_IDS: usize = 32;
+
+/// Per-person counts of the ids of a small vocabulary (channels,
+/// categories). Each of the first [`DENSE_IDS`] ids interned has a column
+/// of counts by ordinal, so counting an event touches one slot (a list per
+/// person cost two cache misses and an allocation); ids past them, the long
+/// tail of a large vocabulary, go to a short list per person.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Counts {
+    /// Ordinals `0..len` have a slot.
+    len: usize,
+    /// Counts by id, then by ordinal.
+    dense: Vec<Vec<u32>>,
+    /// (id, count) per ordinal for ids from [`DENSE_IDS`] on; empty until
+    /// the first such id.
+    spill: Vec<Vec<(u32, u32)>>,
+}
+
+impl Counts {
+    /// Room for ordinals `0..n`.
+    fn grow(&mut self, n: usize) {
+        if n <= self.len {
+            return;
+        }
+        self.len = n;
+        for c in &mut self.dense {
+            c.resize(n, 0);
+        }
+        if !self.spill.is_empty() {
+            self.spill.resize(n, Vec::new());
+        }
+    }
+
+    /// Adds `k` to person `p`'s count of `id`; `p` has a slot.
+    pub fn add(&mut self, p: usize, id: u32, k: u32) {
+        let i = id as usize;
+        if i < DENSE_IDS {
+            if i >= self.dense.len() {
+                let len = self.len;
+                self.dense.resize_with(i + 1, || vec![0; len]);
+            }
+            self.dense[i][p] += k;
+        } else {
+            if self.spill.is_empty() {
+                self.spill.resize(self.len, Vec::new());
+            }
+            add_count(&mut self.spill[p], id, k);
+        }
+    }
+
+    /// Person `p`'s counts above zero, as (id, count).
+    pub fn of(&self, p: usize) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let dense = self.dense.iter().enumerate().filter_map(move |(id, c)| {
+            let k = c.get(p).copied().unwrap_or(0);
+            (k > 0).then_some((id as u32, k))
+        });
+        dense.chain(self.spill.get(p).into_iter().flatten().copied())
+    }
+
+    /// Moves person `from`'s counts onto `into`'s; both have slots.
+    fn fold(&mut self, from: usize, into: usize) {
+        for c in &mut self.dense {
+            let k = std::mem::take(&mut c[from]);
+            c[into] += k;
+        }
+        if !self.spill.is_empty() {
+            for (id, k) in std::mem::take(&mut self.spill[from]) {
+                add_count(&mut self.spill[into], id, k);
+            }
+        }
+    }
+
+    /// The columns of the dense ids, by id.
+    pub fn columns(&self) -> &[Vec<u32>] {
+        &self.dense
+    }
+
+    /// The lists of the spilled ids, by ordinal (empty: none spilled).
+    pub fn spilled(&self) -> &[Vec<(u32, u32)>] {
+        &self.spill
+    }
+
+    /// Counts made of `columns` (each of length `len`) and `spill` (empty
+    /// or of length `len`), as [`Counts::columns`] and [`Counts::spilled`]
+    /// gave them; `None` when the shapes disagree.
+    pub fn from_parts(
+        len: usize,
+        columns: Vec<Vec<u32>>,
+        spill: Vec<Vec<(u32, u32)>>,
+    ) -> Option<Self> {
+        let ok = columns.len() <= DENSE_IDS
+            && columns.iter().all(|c| c.len() == len)
+            && (spill.is_empty() || spill.len() == len)
+            && spill
+                .iter()
+                .flatten()
+                .all(|&(id, _)| id as usize >= DENSE_IDS);
+        ok.then_some(Counts {
+            len,
+            dense: columns,
+            spill,
+        })
+    }
+
+    /// One past the highest id counted.
+    pub fn ids(&self) -> usize {
+        let spilled = self.spill.iter().flatten().map(|&(id, _)| id as usize + 1);
+        spilled.max().unwrap_or(0).max(self.dense.len())
+    }
 }
 
 /// Where the behaviour pairs of one event go.
@@ -299,8 +409,8 @@ impl Scan {
         self.spend.resize(n, 0);
         self.last_order.resize(n, NEVER);
         self.registered.resize(n, (i64::MAX, u32::MAX));
-        self.channel_counts.resize(n, Vec::new());
-        self.category_counts.resize(n, Vec::new());
+        self.channel_counts.grow(n);
+        self.category_counts.grow(n);
         self.attributes.resize(n, Vec::new());
     }
 
@@ -325,12 +435,8 @@ impl Scan {
         if earlier_register(&self.channels.names, reg, self.registered[t]) {
             self.registered[t] = reg;
         }
-        for (id, n) in std::mem::take(&mut self.channel_counts[f]) {
-            add_count(&mut self.channel_counts[t], id, n);
-        }
-        for (id, n) in std::mem::take(&mut self.category_counts[f]) {
-            add_count(&mut self.category_counts[t], id, n);
-        }
+        self.channel_counts.fold(f, t);
+        self.category_counts.fold(f, t);
         for (key, at, value) in std::mem::take(&mut self.attributes[f]) {
             set_attribute(
                 &mut self.attributes[t],
@@ -541,12 +647,12 @@ fn add_batch(
     }
     let channel_ids = intern_rows(&mut s.channels, &channels, &rows);
     for (&row, &c) in rows.iter().zip(&channel_ids) {
-        bump(&mut s.channel_counts[owners[row] as usize], c);
+        s.channel_counts.add(owners[row] as usize, c, 1);
     }
     for &row in &rows {
         if categories.is_valid(row) {
             let c = s.categories.intern(categories.value(row));
-            bump(&mut s.category_counts[owners[row] as usize], c);
+            s.category_counts.add(owners[row] as usize, c, 1);
         }
     }
     let type_ids = intern_rows(&mut s.event_types, &types, &rows);
@@ -658,4 +764,45 @@ fn add_batch(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(c: &Counts, p: usize) -> Vec<(u32, u32)> {
+        c.of(p).collect()
+    }
+
+    #[test]
+    fn counts_keep_dense_and_spilled_ids_and_fold_both() {
+        let mut c = Counts::default();
+        c.grow(3);
+        c.add(0, 2, 1);
+        c.add(0, 2, 1);
+        c.add(1, 0, 5);
+        c.add(1, 40, 2);
+        c.add(2, 40, 1);
+        c.add(2, 33, 7);
+        assert_eq!(of(&c, 0), vec![(2, 2)]);
+        assert_eq!(of(&c, 1), vec![(0, 5), (40, 2)]);
+        assert_eq!(c.ids(), 41);
+        // New persons start empty, in the columns and the lists.
+        c.grow(5);
+        c.add(4, 1, 1);
+        assert_eq!(of(&c, 3), vec![]);
+        assert_eq!(of(&c, 4), vec![(1, 1)]);
+        c.fold(1, 2);
+        assert_eq!(of(&c, 1), vec![]);
+        assert_eq!(of(&c, 2), vec![(0, 5), (40, 3), (33, 7)]);
+        // Taken apart and put back together.
+        let again = Counts::from_parts(5, c.columns().to_vec(), c.spilled().to_vec()).unwrap();
+        assert_eq!(
+            (0..5).map(|p| of(&again, p)).collect::<Vec<_>>(),
+            (0..5).map(|p| of(&c, p)).collect::<Vec<_>>()
+        );
+        // Shapes that disagree are refused.
+        assert!(Counts::from_parts(4, c.columns().to_vec(), Vec::new()).is_none());
+        assert!(Counts::from_parts(5, Vec::new(), vec![vec![(1, 1)]; 5]).is_none());
+    }
 }

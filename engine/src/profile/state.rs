@@ -7,10 +7,13 @@
 //! index version it belongs to), little-endian:
 //!
 //! ```text
-//! b"QRST"  u32 format (1)  u32 n  n bytes of JSON (StateMeta)
-//! u64 ordinals, then per ordinal: first_seen i64, last_seen i64, events u32,
-//!   orders u32, spend i64, last_order i64, register (i64 time, u32 channel)
-//! per ordinal: channel counts, category counts (u32 k, then k × (u32 id, u32 count))
+//! b"QRST"  u32 format (2)  u32 n  n bytes of JSON (StateMeta)
+//! u64 ordinals, then a column of a value per ordinal each: first_seen i64,
+//!   last_seen i64, events u32, orders u32, spend i64, last_order i64,
+//!   register time i64, register channel u32
+//! channel counts, then category counts: u32 d, d columns (a u32 per
+//!   ordinal: id 0, 1, ...), u32 spilled (0 or 1), if 1 per ordinal the ids
+//!   past the columns (u32 k, then k × (u32 id, u32 count))
 //! per ordinal: attributes (u32 k, then k × (u32 key, i64 time, u32 value))
 //! 5 string tables (channels, categories, attribute keys, attribute values,
 //!   event types): u32 k, then k × (u32 length, UTF-8)
@@ -24,12 +27,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::scan::{AttributeChange, BehaviourKey, Interner, Scan};
+use super::scan::{AttributeChange, BehaviourKey, Counts, Interner, Scan};
 use crate::index::Crc32Writer;
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"QRST";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// A corrupt length must not make a reader allocate without bound.
 const MAX_LEN: u64 = 1 << 32;
 
@@ -54,6 +57,44 @@ pub(crate) struct StateMeta {
 /// The state file of a workspace's index directory.
 pub(crate) fn path(index_dir: &Path) -> PathBuf {
     index_dir.join("refresh.state")
+}
+
+/// A fixed-width little-endian value of a column.
+trait Le: Copy {
+    const SIZE: usize;
+    fn put(self, out: &mut Vec<u8>);
+    /// From exactly `SIZE` bytes.
+    fn get(bytes: &[u8]) -> Self;
+}
+
+macro_rules! le {
+    ($($t:ty),*) => {$(
+        impl Le for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn get(bytes: &[u8]) -> Self {
+                let mut b = [0u8; std::mem::size_of::<$t>()];
+                b.copy_from_slice(bytes);
+                <$t>::from_le_bytes(b)
+            }
+        }
+    )*};
+}
+le!(u32, i64);
+
+/// Writes `values` back to back, a block of them per write.
+fn put_column<T: Le>(w: &mut impl Write, values: &[T]) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(8192 * T::SIZE);
+    for block in values.chunks(8192) {
+        buf.clear();
+        for &v in block {
+            v.put(&mut buf);
+        }
+        w.write_all(&buf)?;
+    }
+    Ok(())
 }
 
 fn put_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
@@ -91,18 +132,23 @@ fn encode(out: &mut impl Write, json: &[u8], s: &Scan) -> std::io::Result<()> {
         w.write_all(json)?;
         let n = s.events.len();
         w.write_all(&(n as u64).to_le_bytes())?;
-        for p in 0..n {
-            w.write_all(&s.first_seen[p].to_le_bytes())?;
-            w.write_all(&s.last_seen[p].to_le_bytes())?;
-            w.write_all(&s.events[p].to_le_bytes())?;
-            w.write_all(&s.orders[p].to_le_bytes())?;
-            w.write_all(&s.spend[p].to_le_bytes())?;
-            w.write_all(&s.last_order[p].to_le_bytes())?;
-            w.write_all(&s.registered[p].0.to_le_bytes())?;
-            w.write_all(&s.registered[p].1.to_le_bytes())?;
-        }
+        put_column(&mut w, &s.first_seen)?;
+        put_column(&mut w, &s.last_seen)?;
+        put_column(&mut w, &s.events)?;
+        put_column(&mut w, &s.orders)?;
+        put_column(&mut w, &s.spend)?;
+        put_column(&mut w, &s.last_order)?;
+        let (at, channel): (Vec<i64>, Vec<u32>) = s.registered.iter().copied().unzip();
+        put_column(&mut w, &at)?;
+        put_column(&mut w, &channel)?;
         for counts in [&s.channel_counts, &s.category_counts] {
-            for c in counts.iter() {
+            w.write_all(&(counts.columns().len() as u32).to_le_bytes())?;
+            for c in counts.columns() {
+                put_column(&mut w, c)?;
+            }
+            let spilled = counts.spilled();
+            w.write_all(&u32::from(!spilled.is_empty()).to_le_bytes())?;
+            for c in spilled {
                 w.write_all(&(c.len() as u32).to_le_bytes())?;
                 for &(id, k) in c {
                     w.write_all(&id.to_le_bytes())?;
@@ -181,6 +227,15 @@ impl<'a> Cursor<'a> {
         ))
     }
 
+    /// `n` values of a column written by [`put_column`].
+    fn column<T: Le>(&mut self, n: usize) -> Result<Vec<T>> {
+        let bytes = self.take(
+            n.checked_mul(T::SIZE)
+                .ok_or_else(|| corrupt(format!("a column of {n} values at byte {}", self.at)))?,
+        )?;
+        Ok(bytes.chunks_exact(T::SIZE).map(T::get).collect())
+    }
+
     fn len(&mut self, of: u64) -> Result<usize> {
         if of > MAX_LEN || of as usize > self.bytes.len() {
             return Err(corrupt(format!("a length of {of} at byte {}", self.at)));
@@ -229,28 +284,41 @@ pub(crate) fn read(index_dir: &Path) -> Result<Option<(StateMeta, Scan)>> {
     let n = r.u64()?;
     let n = r.len(n)?;
     let mut s = Scan::new(n);
-    for p in 0..n {
-        s.first_seen[p] = r.i64()?;
-        s.last_seen[p] = r.i64()?;
-        s.events[p] = r.u32()?;
-        s.orders[p] = r.u32()?;
-        s.spend[p] = r.i64()?;
-        s.last_order[p] = r.i64()?;
-        s.registered[p] = (r.i64()?, r.u32()?);
-    }
+    s.first_seen = r.column(n)?;
+    s.last_seen = r.column(n)?;
+    s.events = r.column(n)?;
+    s.orders = r.column(n)?;
+    s.spend = r.column(n)?;
+    s.last_order = r.column(n)?;
+    let at: Vec<i64> = r.column(n)?;
+    let channel: Vec<u32> = r.column(n)?;
+    s.registered = at.into_iter().zip(channel).collect();
     for which in 0..2 {
-        for p in 0..n {
-            let k = r.u32()?;
-            let k = r.len(u64::from(k))?;
-            let mut c = Vec::with_capacity(k);
-            for _ in 0..k {
-                c.push((r.u32()?, r.u32()?));
+        let d = r.u32()?;
+        let d = r.len(u64::from(d))?;
+        let mut columns = Vec::with_capacity(d.min(64));
+        for _ in 0..d {
+            columns.push(r.column(n)?);
+        }
+        let mut spill = Vec::new();
+        if r.u32()? != 0 {
+            spill.reserve(n);
+            for _ in 0..n {
+                let k = r.u32()?;
+                let k = r.len(u64::from(k))?;
+                let mut c = Vec::with_capacity(k);
+                for _ in 0..k {
+                    c.push((r.u32()?, r.u32()?));
+                }
+                spill.push(c);
             }
-            if which == 0 {
-                s.channel_counts[p] = c;
-            } else {
-                s.category_counts[p] = c;
-            }
+        }
+        let counts = Counts::from_parts(n, columns, spill)
+            .ok_or_else(|| corrupt("count columns of the wrong shape".into()))?;
+        if which == 0 {
+            s.channel_counts = counts;
+        } else {
+            s.category_counts = counts;
         }
     }
     for p in 0..n {
@@ -302,14 +370,8 @@ pub(crate) fn read(index_dir: &Path) -> Result<Option<(StateMeta, Scan)>> {
     // Ids must name an entry of their table.
     let bad = |id: u32, t: &Interner| id != u32::MAX && id as usize >= t.names.len();
     let ids_ok = s.registered.iter().all(|r| !bad(r.1, &s.channels))
-        && s.channel_counts
-            .iter()
-            .flatten()
-            .all(|c| !bad(c.0, &s.channels))
-        && s.category_counts
-            .iter()
-            .flatten()
-            .all(|c| !bad(c.0, &s.categories))
+        && s.channel_counts.ids() <= s.channels.names.len()
+        && s.category_counts.ids() <= s.categories.names.len()
         && s.attributes
             .iter()
             .flatten()
@@ -321,4 +383,85 @@ pub(crate) fn read(index_dir: &Path) -> Result<Option<(StateMeta, Scan)>> {
         return Err(corrupt("an id outside its string table".into()));
     }
     Ok(Some((meta, s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(c: &Counts, n: usize) -> Vec<Vec<(u32, u32)>> {
+        (0..n).map(|p| c.of(p).collect()).collect()
+    }
+
+    #[test]
+    fn state_round_trips_columns_and_spilled_ids() {
+        let mut s = Scan::new(5);
+        s.channels.intern("pos");
+        s.channels.intern("app");
+        for i in 0..40 {
+            s.categories.intern(&format!("c{i}"));
+        }
+        s.channel_counts.add(1, 1, 3);
+        s.channel_counts.add(4, 0, 2);
+        s.category_counts.add(2, 3, 1);
+        s.category_counts.add(2, 35, 4);
+        s.category_counts.add(0, 39, 1);
+        s.first_seen[3] = 17;
+        s.last_seen[3] = 18;
+        s.events[3] = 2;
+        s.orders[4] = 1;
+        s.spend[4] = -5;
+        s.last_order[4] = 20;
+        s.registered[1] = (9, 1);
+        s.attr_keys.intern("member_level");
+        s.attr_values.intern("gold");
+        s.attributes[2] = vec![(0, 5, 0)];
+        s.history.push(AttributeChange {
+            ordinal: 2,
+            key: 0,
+            value: 0,
+            at: 5,
+            event_id: "e1".into(),
+        });
+        s.read = 10;
+        s.unattributed = 1;
+        let dir = tempfile::tempdir().unwrap();
+        let meta = StateMeta {
+            index_version: 3,
+            events_version: 7,
+            dimensions: vec!["category".into()],
+            ..StateMeta::default()
+        };
+        write(dir.path(), &meta, &s).unwrap();
+        let (m, r) = read(dir.path()).unwrap().unwrap();
+        assert_eq!(m, meta);
+        assert_eq!(counts(&r.channel_counts, 5), counts(&s.channel_counts, 5));
+        assert_eq!(counts(&r.category_counts, 5)[2], vec![(3, 1), (35, 4)]);
+        assert_eq!(counts(&r.category_counts, 5), counts(&s.category_counts, 5));
+        assert_eq!(
+            (&r.first_seen, &r.last_seen, &r.events),
+            (&s.first_seen, &s.last_seen, &s.events)
+        );
+        assert_eq!(
+            (&r.orders, &r.spend, &r.last_order, &r.registered),
+            (&s.orders, &s.spend, &s.last_order, &s.registered)
+        );
+        assert_eq!(r.attributes, s.attributes);
+        assert_eq!(r.categories.names, s.categories.names);
+        assert_eq!(r.history.len(), 1);
+        assert_eq!(
+            (r.history[0].ordinal, r.history[0].event_id.as_str()),
+            (2, "e1")
+        );
+        assert_eq!((r.read, r.unattributed), (10, 1));
+
+        // A flipped bit is caught.
+        let file = path(dir.path());
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        let e = read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+    }
 }

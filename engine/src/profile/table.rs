@@ -12,9 +12,9 @@ use deltalake_core::protocol::SaveMode;
 
 use super::scan::{AttributeChange, NEVER, PersonMap, Scan};
 use super::traits::Derived;
-use crate::Result;
 use crate::event::{AMOUNT_PRECISION, AMOUNT_SCALE, TZ};
 use crate::identity::tables::{self, ts};
+use crate::{Error, Result};
 
 pub(crate) const PROFILES: &str = "profiles";
 pub(crate) const ATTRIBUTE_HISTORY: &str = "attribute_history";
@@ -109,25 +109,29 @@ pub(crate) async fn write_tables(
             profiles_batch(&persons, &s, &d, chunk)
         })
     };
-    tables::write_stream(
+    // delta-rs encodes each table on one task: the two run side by side.
+    let mut history = {
+        let path = dir.join(ATTRIBUTE_HISTORY);
+        let chunks = s.history.len().div_ceil(CHUNK);
+        let history = (0..chunks).map(move |i| {
+            let chunk = &s.history[i * CHUNK..((i + 1) * CHUNK).min(s.history.len())];
+            history_batch(&persons, &s, chunk)
+        });
+        crate::AbortOnDrop(tokio::spawn(async move {
+            tables::write_stream(&path, HISTORY_SCHEMA.clone(), history, SaveMode::Overwrite).await
+        }))
+    };
+    let profiles = tables::write_stream(
         &dir.join(PROFILES),
         PROFILES_SCHEMA.clone(),
         profiles,
         SaveMode::Overwrite,
     )
-    .await?;
-    let chunks = s.history.len().div_ceil(CHUNK);
-    let history = (0..chunks).map(move |i| {
-        let chunk = &s.history[i * CHUNK..((i + 1) * CHUNK).min(s.history.len())];
-        history_batch(&persons, &s, chunk)
-    });
-    tables::write_stream(
-        &dir.join(ATTRIBUTE_HISTORY),
-        HISTORY_SCHEMA.clone(),
-        history,
-        SaveMode::Overwrite,
-    )
-    .await
+    .await;
+    let history = (&mut history.0)
+        .await
+        .map_err(|e| Error::Internal(format!("attribute history task: {e}")))?;
+    profiles.and(history)
 }
 
 fn history_batch(persons: &PersonMap, s: &Scan, chunk: &[AttributeChange]) -> Result<RecordBatch> {
@@ -210,9 +214,10 @@ fn profiles_batch(
         first.append_option(opt_time(s.first_seen[p]));
         last.append_option(opt_time(s.last_seen[p]));
         events.append_value(i64::from(s.events[p]));
-        let mut ch: Vec<(&str, u32)> = s.channel_counts[p]
-            .iter()
-            .map(|&(c, k)| (s.channels.names[c as usize].as_str(), k))
+        let mut ch: Vec<(&str, u32)> = s
+            .channel_counts
+            .of(p)
+            .map(|(c, k)| (s.channels.names[c as usize].as_str(), k))
             .collect();
         ch.sort_unstable();
         for (c, k) in ch {

@@ -42,14 +42,14 @@ fn quintiles(values: &[(usize, i64)]) -> Vec<(usize, u8)> {
 }
 
 /// The id with the highest count; ties go to the smallest name.
-fn preferred(counts: &[(u32, u32)], names: &[String]) -> u32 {
+fn preferred(counts: impl IntoIterator<Item = (u32, u32)>, names: &[String]) -> u32 {
     counts
-        .iter()
+        .into_iter()
         .max_by(|a, b| {
             a.1.cmp(&b.1)
                 .then_with(|| names[b.0 as usize].cmp(&names[a.0 as usize]))
         })
-        .map_or(u32::MAX, |&(id, _)| id)
+        .map_or(u32::MAX, |(id, _)| id)
 }
 
 pub(crate) fn derive(s: &Scan, live: &RoaringBitmap, now: i64) -> Derived {
@@ -83,15 +83,11 @@ pub(crate) fn derive(s: &Scan, live: &RoaringBitmap, now: i64) -> Derived {
     }
     Derived {
         rfm,
-        preferred_channel: s
-            .channel_counts
-            .iter()
-            .map(|c| preferred(c, &s.channels.names))
+        preferred_channel: (0..n)
+            .map(|p| preferred(s.channel_counts.of(p), &s.channels.names))
             .collect(),
-        preferred_category: s
-            .category_counts
-            .iter()
-            .map(|c| preferred(c, &s.categories.names))
+        preferred_category: (0..n)
+            .map(|p| preferred(s.category_counts.of(p), &s.categories.names))
             .collect(),
         now,
     }
@@ -250,8 +246,8 @@ mod tests {
     #[test]
     fn preferred_breaks_ties_by_name() {
         let names = vec!["pos".to_string(), "app".to_string()];
-        assert_eq!(preferred(&[(0, 2), (1, 2)], &names), 1);
-        assert_eq!(preferred(&[(0, 3), (1, 2)], &names), 0);
-        assert_eq!(preferred(&[], &names), u32::MAX);
+        assert_eq!(preferred([(0, 2), (1, 2)], &names), 1);
+        assert_eq!(preferred([(0, 3), (1, 2)], &names), 0);
+        assert_eq!(preferred([], &names), u32::MAX);
     }
 }

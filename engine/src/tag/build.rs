@@ -204,8 +204,14 @@ impl Workspace {
         });
         phase("scan", &mut t);
 
-        // Traits and profile tables.
+        // Behaviour counts build while the traits are derived and the
+        // profile tables written: each of those keeps at most one core busy.
         let lists = std::mem::take(&mut scan.behaviour);
+        let behaviour_task = tokio::task::spawn_blocking(move || {
+            build_behaviour(previous.unwrap_or_default(), lists)
+        });
+
+        // Traits and profile tables.
         let persons = Arc::new(persons);
         let scan = Arc::new(scan);
         let derived = {
@@ -242,15 +248,18 @@ impl Workspace {
         };
         set.numbers = numbers;
         set.enums = enums;
-        // The profile tables are written while the behaviour counts build.
-        let tables_task = {
+        // The profile tables are written while the behaviour counts build
+        // and the index is written.
+        let mut tables_task = {
             let (dir, p, s, d) = (
                 self.dir().to_path_buf(),
                 persons.clone(),
                 scan.clone(),
                 derived.clone(),
             );
-            tokio::spawn(async move { profile::write_tables(&dir, p, s, d).await })
+            crate::AbortOnDrop(tokio::spawn(async move {
+                profile::write_tables(&dir, p, s, d).await
+            }))
         };
         progress(Progress {
             phase: "traits",
@@ -259,11 +268,9 @@ impl Workspace {
         phase("traits", &mut t);
 
         // Behaviour: per-day counts per key, new or added to the last ones.
-        let behaviour = tokio::task::spawn_blocking(move || {
-            build_behaviour(previous.unwrap_or_default(), lists)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("behaviour task: {e}")))??;
+        let behaviour = behaviour_task
+            .await
+            .map_err(|e| Error::Internal(format!("behaviour task: {e}")))??;
         set.behaviour = behaviour;
         // A key rules ask for exists even when nobody did it.
         for combo in &plan.combos {
@@ -274,14 +281,9 @@ impl Workspace {
             done: set.behaviour.len() as u64,
         });
         phase("behaviour", &mut t);
-        // What is left of writing the profile tables (it started with the traits).
-        tables_task
-            .await
-            .map_err(|e| Error::Internal(format!("profile table task: {e}")))??;
         let events = scan.read;
         let unattributed = scan.unattributed;
         drop(derived);
-        phase("profiles", &mut t);
 
         // Tags: rules in dependency order, then the other kinds.
         let mut coverage = Vec::new();
@@ -436,6 +438,13 @@ impl Workspace {
             done: report.version,
         });
         phase("write", &mut t);
+        // What is left of writing the profile tables (they started with the
+        // traits). The index version stands on its own: it is durable and
+        // loaded whether or not they fail.
+        (&mut tables_task.0)
+            .await
+            .map_err(|e| Error::Internal(format!("profile table task: {e}")))??;
+        phase("profiles", &mut t);
         report.phases = phases;
         report.seconds = started.elapsed().as_secs_f64();
         tracing::info!(ws = %self.name(), version = report.version, persons = report.persons, events = report.events, tags = report.tags.len(), seconds = report.seconds, "tags refreshed");
