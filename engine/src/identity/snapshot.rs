@@ -559,6 +559,30 @@ pub(crate) async fn added_files(
     Ok(Some(files))
 }
 
+/// The last version from `from` up to `to` that holds the rows of `from`:
+/// the commits after `from` up to it only moved rows between files
+/// (compaction: every add and remove has `dataChange` false). A scan of it
+/// reads the same events as one of `from`, in fewer files.
+pub(crate) async fn same_rows_until(table: &DeltaTable, from: u64, to: u64) -> Result<u64> {
+    let log = table.log_store();
+    for v in from + 1..=to {
+        let Some(bytes) = log.read_commit_entry(v).await? else {
+            return Ok(v - 1);
+        };
+        let changes = deltalake_core::logstore::get_actions(v, &bytes)?
+            .into_iter()
+            .any(|action| match action {
+                Action::Add(a) => a.data_change,
+                Action::Remove(r) => r.data_change,
+                _ => false,
+            });
+        if changes {
+            return Ok(v - 1);
+        }
+    }
+    Ok(to.max(from))
+}
+
 /// Adds the events of the data files `paths` of `table` to `g`.
 pub(crate) async fn read_files(
     table: &DeltaTable,

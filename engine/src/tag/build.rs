@@ -190,8 +190,16 @@ impl Workspace {
                 (s, Some(b.behaviour), None, read)
             }
             Err(reason) => {
-                if table.version() != Some(events_version) {
-                    table.load_version(events_version).await?;
+                // The version OneID covered, or a later one when only
+                // compaction came after it: the same rows in fewer files.
+                let latest = table.version().unwrap_or(0);
+                let at = if latest > events_version {
+                    snapshot::same_rows_until(&table, events_version, latest).await?
+                } else {
+                    events_version
+                };
+                if table.version() != Some(at) {
+                    table.load_version(at).await?;
                 }
                 let s = profile::scan(&table, &persons, &plan).await?;
                 let read = s.read;

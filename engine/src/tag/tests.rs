@@ -627,6 +627,74 @@ async fn an_incremental_refresh_equals_a_full_one() {
     assert!(r7.full_reason.contains("rules changed"), "{r7:?}");
 }
 
+/// Paths of the data files of `ws`'s events table at its latest version.
+fn event_files(ws: &Workspace) -> HashSet<String> {
+    let (table, _) = ws.read_view();
+    let uris = table.get_file_uris().unwrap();
+    uris.map(|u| u.strip_prefix("file://").unwrap_or(&u).to_string())
+        .collect()
+}
+
+/// A compaction after the resolve changes no rows: a full refresh reads the
+/// compacted files (so the replaced ones may be vacuumed), not the version
+/// OneID covered, and new events after the compaction stay out of it until
+/// the next resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_refresh_reads_the_compacted_files_of_the_events_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = workspace_with(dir.path(), false).await;
+    let config = GenConfig {
+        persons: 300,
+        threads: 1,
+        ..Default::default()
+    };
+    let (batches, _) = quiver_data::generate_batches(&config).unwrap();
+    // Rows by `i % 8`: 0–3 and 4–6 flushed apart (two files for most days),
+    // 7 after the compaction.
+    let part = |b: &arrow::array::RecordBatch, keep: fn(usize) -> bool| {
+        let mask: arrow::array::BooleanArray =
+            (0..b.num_rows()).map(|i| Some(keep(i % 8))).collect();
+        arrow::compute::filter_record_batch(b, &mask).unwrap()
+    };
+    for keep in [|r| r < 4, |r| (4..7).contains(&r)] as [fn(usize) -> bool; 2] {
+        for b in &batches {
+            ws.ingest_arrow(&part(b, keep)).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+    }
+    ws.resolve(ResolveOptions::default(), &quiet).await.unwrap();
+    let seed = TagDefinitions::parse(quiver_data::SEED_TAGS_TOML, DefinitionFormat::Toml).unwrap();
+    ws.define_tags(&seed).await.unwrap();
+    let now = i64::from(day_number(config.end_date)) * DAY_US + DAY_US / 2;
+    let before = ws.refresh_tags_with(Some(now), true, &quiet).await.unwrap();
+    let index = ws.tag_index().unwrap().unwrap();
+    let profiles = profile_rows(&ws).await;
+
+    let files = event_files(&ws);
+    let report = ws.optimize().await.unwrap();
+    assert!(report.files_removed > report.files_added, "{report:?}");
+    let compacted = event_files(&ws);
+    // A vacuum: the replaced files are gone.
+    for f in files.difference(&compacted) {
+        std::fs::remove_file(f).unwrap();
+    }
+    // Events after the compaction, not resolved yet.
+    for b in &batches {
+        ws.ingest_arrow(&part(b, |r| r == 7)).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+
+    let after = ws.refresh_tags_with(Some(now), true, &quiet).await.unwrap();
+    assert_eq!(
+        (after.events, after.events_read, after.persons),
+        (before.events, before.events, before.persons),
+        "{after:?}"
+    );
+    assert_eq!(after.tags, before.tags);
+    assert_same_index(&index, &ws.tag_index().unwrap().unwrap());
+    assert_eq!(profiles, profile_rows(&ws).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newly_quarantined_value_makes_the_refresh_read_every_event() {
     let dir = tempfile::tempdir().unwrap();
