@@ -1,10 +1,10 @@
 //! The one pass over `events` that profiles and behaviour counts come from.
 
 use arrow::array::{
-    Array, AsArray, Decimal128Array, MapArray, RecordBatch, StringArray, StructArray,
+    Array, ArrayRef, AsArray, Decimal128Array, Int32Array, MapArray, RecordBatch, StringArray,
+    StructArray,
 };
-use arrow::datatypes::{DataType, TimestampMicrosecondType};
-use futures::StreamExt;
+use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
 use roaring::RoaringBitmap;
 
 use crate::identity::IdentityRules;
@@ -13,7 +13,8 @@ use crate::identity::snapshot;
 use crate::identity::tables::{self, IDENTIFIERS, PERSONS};
 pub use crate::index::BehaviourKey;
 use crate::index::DayLists;
-use crate::store::{Workspace, table_provider};
+use crate::store::Workspace;
+use crate::store::datafiles::{self, Columns};
 
 const DAY_US: i64 = 86_400_000_000;
 use crate::{Error, Result};
@@ -484,7 +485,7 @@ fn set_attribute(attrs: &mut Vec<(u32, i64, u32)>, names: &[String], new: (u32, 
 
 /// The columns of `events` a scan reads: the typed property columns only
 /// when they are dimensions.
-fn scan_columns(plan: &BehaviourPlan) -> Vec<&'static str> {
+fn scan_column_names(plan: &BehaviourPlan) -> Vec<&'static str> {
     let mut columns = vec![
         "event_id",
         "event_time",
@@ -503,6 +504,28 @@ fn scan_columns(plan: &BehaviourPlan) -> Vec<&'static str> {
     columns
 }
 
+/// What a scan reads of each data file.
+fn scan_columns(plan: &BehaviourPlan) -> Columns {
+    Columns {
+        names: scan_column_names(plan)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        dictionary: [
+            "channel",
+            "event_type",
+            "category",
+            "currency",
+            "store_id",
+            "campaign",
+            "identifiers.kind",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+    }
+}
+
 /// Reads every event of `table` (the `events` table at the version OneID
 /// covered) once, into fresh accumulators.
 pub(crate) async fn scan(
@@ -511,20 +534,12 @@ pub(crate) async fn scan(
     plan: &BehaviourPlan,
 ) -> Result<Scan> {
     let mut s = Scan::new(persons.ordinal_space());
-    let mut slots = Slots::new(plan);
-    let ctx = datafusion::prelude::SessionContext::new_with_config(crate::store::session_config());
-    let df = ctx
-        .read_table(table_provider(table).await?)?
-        .select_columns(&scan_columns(plan))?;
-    let mut stream = df.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        add_batch(&mut s, &mut slots, &batch?, persons, plan)?;
-    }
+    read_into(table, datafiles::paths(table)?, persons, plan, &mut s).await?;
     Ok(s)
 }
 
 /// Adds the events of the data files `paths` of `table` (those committed
-/// since `s` was last fed) to `s`.
+/// since `s` was last fed, as `add` actions name them) to `s`.
 pub(crate) async fn scan_files(
     table: &deltalake_core::DeltaTable,
     paths: &[String],
@@ -532,9 +547,24 @@ pub(crate) async fn scan_files(
     plan: &BehaviourPlan,
     s: &mut Scan,
 ) -> Result<()> {
+    let paths = paths
+        .iter()
+        .map(|p| datafiles::path_of_add(p))
+        .collect::<Result<_>>()?;
+    read_into(table, paths, persons, plan, s).await
+}
+
+async fn read_into(
+    table: &deltalake_core::DeltaTable,
+    paths: Vec<deltalake_core::Path>,
+    persons: &PersonMap,
+    plan: &BehaviourPlan,
+    s: &mut Scan,
+) -> Result<()> {
     s.grow(persons.ordinal_space());
     let mut slots = Slots::new(plan);
-    crate::identity::snapshot::read_file_batches(table, paths, &scan_columns(plan), |batch| {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    datafiles::read(table, paths, &scan_columns(plan), threads, |batch| {
         add_batch(s, &mut slots, &batch, persons, plan)
     })
     .await
@@ -543,31 +573,123 @@ pub(crate) async fn scan_files(
 /// An owner slot's "no live person holds any of the event's values".
 const NO_OWNER: u32 = u32::MAX;
 
-/// The ids of `column`'s values at `rows`, interned in row order. Runs of
-/// one value (a file's rows often share a channel or type) are looked up once.
-fn intern_rows(interner: &mut Interner, column: &StringArray, rows: &[usize]) -> Vec<u32> {
-    let mut out = Vec::with_capacity(rows.len());
-    let mut last: Option<(&str, u32)> = None;
-    for &row in rows {
-        let v = column.value(row);
-        let id = match last {
-            Some((l, id)) if l == v => id,
-            _ => interner.intern(v),
-        };
-        last = Some((v, id));
-        out.push(id);
-    }
-    out
+/// A string column of a batch as read: plain, or a dictionary (the
+/// low-cardinality columns, see [`scan_columns`]), whose few values are
+/// looked at once per batch.
+enum Strs {
+    Plain(StringArray),
+    Dict {
+        keys: Int32Array,
+        values: StringArray,
+    },
 }
 
-fn utf8(batch: &RecordBatch, name: &str) -> Result<StringArray> {
-    let col = batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::Internal(format!("events batch has no `{name}`")))?;
-    Ok(arrow::compute::cast(col, &DataType::Utf8)?
-        .as_string::<i32>()
-        .clone())
+impl Strs {
+    fn of(col: &ArrayRef, name: &str) -> Result<Self> {
+        Ok(match col.data_type() {
+            DataType::Dictionary(k, _) if k.as_ref() == &DataType::Int32 => {
+                let d = col.as_dictionary::<Int32Type>();
+                let values = arrow::compute::cast(d.values(), &DataType::Utf8)?;
+                Strs::Dict {
+                    keys: d.keys().clone(),
+                    values: values.as_string::<i32>().clone(),
+                }
+            }
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Dictionary(..) => Strs::Plain(
+                arrow::compute::cast(col, &DataType::Utf8)?
+                    .as_string::<i32>()
+                    .clone(),
+            ),
+            other => {
+                return Err(Error::Internal(format!(
+                    "events column `{name}` is {other}, not a string"
+                )));
+            }
+        })
+    }
+
+    fn column(batch: &RecordBatch, name: &str) -> Result<Self> {
+        let col = batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Internal(format!("events batch has no `{name}`")))?;
+        Self::of(col, name)
+    }
+
+    fn is_valid(&self, row: usize) -> bool {
+        match self {
+            Strs::Plain(a) => a.is_valid(row),
+            Strs::Dict { keys, values } => {
+                keys.is_valid(row) && values.is_valid(keys.value(row) as usize)
+            }
+        }
+    }
+
+    /// The value at `row` ("" for a null).
+    fn value(&self, row: usize) -> &str {
+        match self {
+            Strs::Plain(a) => a.value(row),
+            Strs::Dict { keys, values } => values.value(keys.value(row) as usize),
+        }
+    }
+
+    fn get(&self, row: usize) -> Option<&str> {
+        self.is_valid(row).then(|| self.value(row))
+    }
+
+    /// The ids of the values at `rows`, interned in row order ([`NONE`] for
+    /// a null). A dictionary's values are looked up once each; runs of one
+    /// plain value (a file's rows often share a channel or type) once per
+    /// run.
+    fn ids(&self, interner: &mut Interner, rows: &[usize]) -> Vec<u32> {
+        self.ids_or(interner, rows, None)
+    }
+
+    /// [`Strs::ids`], a null taken as `null` (a column the schema says is
+    /// never null still gets a real id for one).
+    fn ids_or(&self, interner: &mut Interner, rows: &[usize], null: Option<&str>) -> Vec<u32> {
+        let null = |interner: &mut Interner| null.map_or(NONE, |v| interner.intern(v));
+        let mut out = Vec::with_capacity(rows.len());
+        match self {
+            Strs::Plain(column) => {
+                let mut last: Option<(&str, u32)> = None;
+                for &row in rows {
+                    if column.is_null(row) {
+                        out.push(null(interner));
+                        continue;
+                    }
+                    let v = column.value(row);
+                    let id = match last {
+                        Some((l, id)) if l == v => id,
+                        _ => interner.intern(v),
+                    };
+                    last = Some((v, id));
+                    out.push(id);
+                }
+            }
+            Strs::Dict { keys, values } => {
+                let mut of_key = vec![NONE; values.len()];
+                for &row in rows {
+                    let k = keys.value(row) as usize;
+                    if keys.is_null(row) || values.is_null(k) {
+                        out.push(null(interner));
+                        continue;
+                    }
+                    if of_key[k] == NONE {
+                        of_key[k] = interner.intern(values.value(k));
+                    }
+                    out.push(of_key[k]);
+                }
+            }
+        }
+        out
+    }
 }
+
+/// An id slot's "null".
+const NONE: u32 = u32::MAX;
 
 fn add_batch(
     s: &mut Scan,
@@ -581,15 +703,15 @@ fn add_batch(
             .column_by_name(name)
             .ok_or_else(|| Error::Internal(format!("events batch has no `{name}`")))
     };
-    let event_ids = utf8(batch, "event_id")?;
+    let event_ids = Strs::column(batch, "event_id")?;
     let times = arrow::compute::cast(
         col("event_time")?,
         &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
     )?;
     let times = times.as_primitive::<TimestampMicrosecondType>();
-    let channels = utf8(batch, "channel")?;
-    let types = utf8(batch, "event_type")?;
-    let categories = utf8(batch, "category")?;
+    let channels = Strs::column(batch, "channel")?;
+    let types = Strs::column(batch, "event_type")?;
+    let categories = Strs::column(batch, "category")?;
     let amounts = col("amount")?
         .as_any()
         .downcast_ref::<Decimal128Array>()
@@ -597,18 +719,17 @@ fn add_batch(
         .clone();
     let ids = col("identifiers")?.as_list::<i32>();
     let id_struct: &StructArray = ids.values().as_struct();
-    let id_kinds = arrow::compute::cast(id_struct.column(0), &DataType::Utf8)?;
-    let id_values = arrow::compute::cast(id_struct.column(1), &DataType::Utf8)?;
-    let (id_kinds, id_values) = (id_kinds.as_string::<i32>(), id_values.as_string::<i32>());
+    let id_kinds = Strs::of(id_struct.column(0), "identifiers.kind")?;
+    let id_values = Strs::of(id_struct.column(1), "identifiers.value")?;
     let props: &MapArray = col("properties")?.as_map();
     let prop_keys = arrow::compute::cast(props.keys(), &DataType::Utf8)?;
     let prop_values = arrow::compute::cast(props.values(), &DataType::Utf8)?;
     let (prop_keys, prop_values) = (prop_keys.as_string::<i32>(), prop_values.as_string::<i32>());
     // Dimension columns: a typed column when there is one, else the map.
-    let dim_columns: Vec<Option<StringArray>> = plan
+    let dim_columns: Vec<Option<Strs>> = plan
         .dimensions
         .iter()
-        .map(|d| batch.column_by_name(d).map(|_| utf8(batch, d)).transpose())
+        .map(|d| batch.column_by_name(d).map(|c| Strs::of(c, d)).transpose())
         .collect::<Result<_>>()?;
     let prop_of = |row: usize, key: &str| -> Option<&str> {
         if props.is_null(row) {
@@ -645,17 +766,18 @@ fn add_batch(
         s.last_seen[p] = s.last_seen[p].max(t);
         s.events[p] += 1;
     }
-    let channel_ids = intern_rows(&mut s.channels, &channels, &rows);
+    // `channel` and `event_type` are never null (the schema says so).
+    let channel_ids = channels.ids_or(&mut s.channels, &rows, Some(""));
     for (&row, &c) in rows.iter().zip(&channel_ids) {
         s.channel_counts.add(owners[row] as usize, c, 1);
     }
-    for &row in &rows {
-        if categories.is_valid(row) {
-            let c = s.categories.intern(categories.value(row));
+    let category_ids = categories.ids(&mut s.categories, &rows);
+    for (&row, &c) in rows.iter().zip(&category_ids) {
+        if c != NONE {
             s.category_counts.add(owners[row] as usize, c, 1);
         }
     }
-    let type_ids = intern_rows(&mut s.event_types, &types, &rows);
+    let type_ids = types.ids_or(&mut s.event_types, &rows, Some(""));
     let purchase = s.event_types.get("purchase");
     let register = s.event_types.get("register");
     let profile_update = s.event_types.get("profile_update");
@@ -715,7 +837,7 @@ fn add_batch(
     for (d, dim) in plan.dimensions.iter().enumerate() {
         for (&row, &type_id) in rows.iter().zip(&type_ids) {
             let value = match &dim_columns[d] {
-                Some(c) => c.is_valid(row).then(|| c.value(row)),
+                Some(c) => c.get(row),
                 None => prop_of(row, dim),
             };
             let Some(value) = value else { continue };
@@ -743,7 +865,7 @@ fn add_batch(
             let all = combo.filters.iter().all(|(prop, v)| {
                 let got = match plan.dimensions.iter().position(|d| d == prop) {
                     Some(d) => match &dim_columns[d] {
-                        Some(c) => c.is_valid(row).then(|| c.value(row)),
+                        Some(c) => c.get(row),
                         None => prop_of(row, prop),
                     },
                     None => prop_of(row, prop),

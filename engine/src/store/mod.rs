@@ -11,6 +11,7 @@
 //!
 //! Queries are not here: see `query`.
 
+pub(crate) mod datafiles;
 mod dedup;
 mod memtable;
 pub(crate) mod table;
