@@ -7,9 +7,10 @@
 //! content, so the same events give the same persons in any order.
 
 use arrow::array::{
-    Array, AsArray, GenericListArray, RecordBatch, StringArray, StringViewArray, StructArray,
+    Array, AsArray, GenericListArray, Int32Array, RecordBatch, StringArray, StringViewArray,
+    StructArray,
 };
-use arrow::datatypes::{DataType, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
 use hashbrown::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -385,10 +386,13 @@ pub(crate) fn edge_ends(key: u64) -> (u32, u32) {
     ((key >> 32) as u32, key as u32)
 }
 
-/// A string column that may be `Utf8` or `Utf8View` (the Delta provider's choice).
+/// A string column that may be `Utf8`, `Utf8View` (the Delta provider's
+/// choice) or a dictionary of `Utf8` (low-cardinality columns as
+/// `store::datafiles` reads them).
 pub(crate) enum Strings<'a> {
     Utf8(&'a StringArray),
     View(&'a StringViewArray),
+    Dict(&'a Int32Array, &'a StringArray),
 }
 
 impl<'a> Strings<'a> {
@@ -396,6 +400,12 @@ impl<'a> Strings<'a> {
         match array.data_type() {
             DataType::Utf8 => Ok(Strings::Utf8(array.as_string::<i32>())),
             DataType::Utf8View => Ok(Strings::View(array.as_string_view())),
+            DataType::Dictionary(k, v)
+                if k.as_ref() == &DataType::Int32 && v.as_ref() == &DataType::Utf8 =>
+            {
+                let d = array.as_dictionary::<Int32Type>();
+                Ok(Strings::Dict(d.keys(), d.values().as_string::<i32>()))
+            }
             other => Err(Error::Internal(format!(
                 "identity: `{what}` is {other}, expected a string"
             ))),
@@ -406,6 +416,13 @@ impl<'a> Strings<'a> {
         match self {
             Strings::Utf8(a) => (!a.is_null(i)).then(|| a.value(i)),
             Strings::View(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Strings::Dict(keys, values) => {
+                if keys.is_null(i) {
+                    return None;
+                }
+                let k = keys.value(i) as usize;
+                (!values.is_null(k)).then(|| values.value(k))
+            }
         }
     }
 }

@@ -22,8 +22,6 @@ mod tests;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-
 pub use explain::{
     Evidence, Explanation, Link, PersonIdentifier, PersonKey, PersonView, SeenEvent,
 };
@@ -213,16 +211,10 @@ impl Workspace {
                 {
                     g.reserve(nodes + nodes / 8, bytes);
                 }
-                let ctx = datafusion::prelude::SessionContext::new_with_config(
-                    crate::store::session_config(),
-                );
-                let df = ctx
-                    .read_table(crate::store::table_provider(&table).await?)?
-                    .select_columns(&["event_time", "identifiers"])?;
-                let mut stream = df.execute_stream().await?;
                 let mut next_report = 0u64;
-                while let Some(batch) = stream.next().await {
-                    g.add_batch(&batch?, &compiled)?;
+                let paths = crate::store::datafiles::paths(&table)?;
+                snapshot::read_paths(&table, paths, |batch| {
+                    g.add_batch(&batch, &compiled)?;
                     if g.events >= next_report {
                         progress(Progress {
                             phase: "read",
@@ -230,7 +222,9 @@ impl Workspace {
                         });
                         next_report = g.events + 1_000_000;
                     }
-                }
+                    Ok(())
+                })
+                .await?;
                 g
             }
         };

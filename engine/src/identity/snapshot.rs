@@ -34,9 +34,8 @@ use arrow::ipc::writer::FileWriter;
 use deltalake_core::DeltaTable;
 use deltalake_core::Path as StorePath;
 use deltalake_core::kernel::Action;
-use deltalake_core::logstore::object_store::ObjectStoreExt;
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::store::datafiles;
 
 use super::components::NONE;
 use super::graph::{Graph, edge_ends, edge_key, key_hash, key128};
@@ -583,59 +582,35 @@ pub(crate) async fn same_rows_until(table: &DeltaTable, from: u64, to: u64) -> R
     Ok(to.max(from))
 }
 
-/// Adds the events of the data files `paths` of `table` to `g`.
+/// Adds the events of the data files `paths` of `table` (as `add` actions
+/// name them) to `g`.
 pub(crate) async fn read_files(
     table: &DeltaTable,
     paths: &[String],
     g: &mut Graph,
     rules: &CompiledRules,
 ) -> Result<()> {
-    read_file_batches(table, paths, &["event_time", "identifiers"], |batch| {
-        g.add_batch(&batch, rules)
-    })
-    .await
+    let paths = paths
+        .iter()
+        .map(|p| datafiles::path_of_add(p))
+        .collect::<Result<_>>()?;
+    read_paths(table, paths, |batch| g.add_batch(&batch, rules)).await
 }
 
-/// Calls `f` with every batch of the data files `paths` of `table`, reading
-/// only `columns` (not the partition column, which data files do not hold).
-pub(crate) async fn read_file_batches(
+/// Calls `f` with every batch of the data files `paths` of `table`: the
+/// columns OneID reads, on every core, an identifier's `kind` as a
+/// dictionary.
+pub(crate) async fn read_paths(
     table: &DeltaTable,
-    paths: &[String],
-    columns: &[&str],
-    mut f: impl FnMut(RecordBatch) -> Result<()>,
+    paths: Vec<StorePath>,
+    f: impl FnMut(RecordBatch) -> Result<()>,
 ) -> Result<()> {
-    let store = table.object_store();
-    for path in paths {
-        let location = StorePath::from_url_path(path)
-            .map_err(|e| Error::Internal(format!("events file `{path}`: {e}")))?;
-        let bytes = store
-            .get(&location)
-            .await
-            .map_err(|e| Error::Internal(format!("events file `{path}`: {e}")))?
-            .bytes()
-            .await
-            .map_err(|e| Error::Internal(format!("events file `{path}`: {e}")))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(|e| Error::Internal(format!("events file `{path}`: {e}")))?;
-        let roots: Vec<usize> = columns
-            .iter()
-            .map(|name| {
-                builder.schema().index_of(name).map_err(|_| {
-                    Error::Internal(format!("events file `{path}` has no column `{name}`"))
-                })
-            })
-            .collect::<Result<_>>()?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(64 * 1024)
-            .build()
-            .map_err(|e| Error::Internal(format!("events file `{path}`: {e}")))?;
-        for batch in reader {
-            f(batch?)?;
-        }
-    }
-    Ok(())
+    let columns = datafiles::Columns {
+        names: vec!["event_time".into(), "identifiers".into()],
+        dictionary: vec!["identifiers.kind".into()],
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    datafiles::read(table, paths, &columns, threads, f).await
 }
 
 /// The size of run `run`'s graph, from its key segments' names and file
