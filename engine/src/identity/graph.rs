@@ -412,6 +412,11 @@ impl<'a> Strings<'a> {
         }
     }
 
+    /// The value at `i` ("" for a null).
+    pub(crate) fn value(&self, i: usize) -> &'a str {
+        self.get(i).unwrap_or_default()
+    }
+
     pub(crate) fn get(&self, i: usize) -> Option<&'a str> {
         match self {
             Strings::Utf8(a) => (!a.is_null(i)).then(|| a.value(i)),

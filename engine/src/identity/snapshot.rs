@@ -590,11 +590,10 @@ pub(crate) async fn read_files(
     g: &mut Graph,
     rules: &CompiledRules,
 ) -> Result<()> {
-    let paths = paths
-        .iter()
-        .map(|p| datafiles::path_of_add(p))
-        .collect::<Result<_>>()?;
-    read_paths(table, paths, |batch| g.add_batch(&batch, rules)).await
+    read_paths(table, datafiles::paths_of_adds(paths)?, |batch| {
+        g.add_batch(&batch, rules)
+    })
+    .await
 }
 
 /// Calls `f` with every batch of the data files `paths` of `table`: the
@@ -609,8 +608,7 @@ pub(crate) async fn read_paths(
         names: vec!["event_time".into(), "identifiers".into()],
         dictionary: vec!["identifiers.kind".into()],
     };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    datafiles::read(table, paths, &columns, threads, f).await
+    datafiles::read(table, paths, &columns, f).await
 }
 
 /// The size of run `run`'s graph, from its key segments' names and file

@@ -1,14 +1,11 @@
 //! The one pass over `events` that profiles and behaviour counts come from.
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Array, Int32Array, MapArray, RecordBatch, StringArray,
-    StructArray,
-};
-use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
+use arrow::array::{Array, AsArray, Decimal128Array, MapArray, RecordBatch, StructArray};
+use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use roaring::RoaringBitmap;
 
 use crate::identity::IdentityRules;
-use crate::identity::graph::{KeyMap, key128};
+use crate::identity::graph::{KeyMap, Strings, key128};
 use crate::identity::snapshot;
 use crate::identity::tables::{self, IDENTIFIERS, PERSONS};
 pub use crate::index::BehaviourKey;
@@ -547,11 +544,7 @@ pub(crate) async fn scan_files(
     plan: &BehaviourPlan,
     s: &mut Scan,
 ) -> Result<()> {
-    let paths = paths
-        .iter()
-        .map(|p| datafiles::path_of_add(p))
-        .collect::<Result<_>>()?;
-    read_into(table, paths, persons, plan, s).await
+    read_into(table, datafiles::paths_of_adds(paths)?, persons, plan, s).await
 }
 
 async fn read_into(
@@ -563,8 +556,7 @@ async fn read_into(
 ) -> Result<()> {
     s.grow(persons.ordinal_space());
     let mut slots = Slots::new(plan);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    datafiles::read(table, paths, &scan_columns(plan), threads, |batch| {
+    datafiles::read(table, paths, &scan_columns(plan), |batch| {
         add_batch(s, &mut slots, &batch, persons, plan)
     })
     .await
@@ -573,119 +565,60 @@ async fn read_into(
 /// An owner slot's "no live person holds any of the event's values".
 const NO_OWNER: u32 = u32::MAX;
 
-/// A string column of a batch as read: plain, or a dictionary (the
-/// low-cardinality columns, see [`scan_columns`]), whose few values are
-/// looked at once per batch.
-enum Strs {
-    Plain(StringArray),
-    Dict {
-        keys: Int32Array,
-        values: StringArray,
-    },
+/// The string column `name` of `batch`: plain, or a dictionary (the
+/// low-cardinality columns, see [`scan_columns`]).
+fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<Strings<'a>> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("events batch has no `{name}`")))?;
+    Strings::of(col.as_ref(), name)
 }
 
-impl Strs {
-    fn of(col: &ArrayRef, name: &str) -> Result<Self> {
-        Ok(match col.data_type() {
-            DataType::Dictionary(k, _) if k.as_ref() == &DataType::Int32 => {
-                let d = col.as_dictionary::<Int32Type>();
-                let values = arrow::compute::cast(d.values(), &DataType::Utf8)?;
-                Strs::Dict {
-                    keys: d.keys().clone(),
-                    values: values.as_string::<i32>().clone(),
-                }
+/// The ids of `column`'s values at `rows`, interned in row order; a null
+/// taken as `null` ([`NONE`] when `None`: a column the schema says is never
+/// null still gets a real id for one). A dictionary's values are looked up
+/// once each; runs of one plain value (a file's rows often share a channel
+/// or type) once per run.
+fn intern_rows(
+    interner: &mut Interner,
+    column: &Strings,
+    rows: &[usize],
+    null: Option<&str>,
+) -> Vec<u32> {
+    let null = |interner: &mut Interner| null.map_or(NONE, |v| interner.intern(v));
+    let mut out = Vec::with_capacity(rows.len());
+    if let Strings::Dict(keys, values) = column {
+        let mut of_key = vec![NONE; values.len()];
+        for &row in rows {
+            let Some(k) = keys.is_valid(row).then(|| keys.value(row) as usize) else {
+                out.push(null(interner));
+                continue;
+            };
+            if values.is_null(k) {
+                out.push(null(interner));
+                continue;
             }
-            DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Dictionary(..) => Strs::Plain(
-                arrow::compute::cast(col, &DataType::Utf8)?
-                    .as_string::<i32>()
-                    .clone(),
-            ),
-            other => {
-                return Err(Error::Internal(format!(
-                    "events column `{name}` is {other}, not a string"
-                )));
+            if of_key[k] == NONE {
+                of_key[k] = interner.intern(values.value(k));
             }
-        })
-    }
-
-    fn column(batch: &RecordBatch, name: &str) -> Result<Self> {
-        let col = batch
-            .column_by_name(name)
-            .ok_or_else(|| Error::Internal(format!("events batch has no `{name}`")))?;
-        Self::of(col, name)
-    }
-
-    fn is_valid(&self, row: usize) -> bool {
-        match self {
-            Strs::Plain(a) => a.is_valid(row),
-            Strs::Dict { keys, values } => {
-                keys.is_valid(row) && values.is_valid(keys.value(row) as usize)
-            }
+            out.push(of_key[k]);
         }
+        return out;
     }
-
-    /// The value at `row` ("" for a null).
-    fn value(&self, row: usize) -> &str {
-        match self {
-            Strs::Plain(a) => a.value(row),
-            Strs::Dict { keys, values } => values.value(keys.value(row) as usize),
-        }
+    let mut last: Option<(&str, u32)> = None;
+    for &row in rows {
+        let Some(v) = column.get(row) else {
+            out.push(null(interner));
+            continue;
+        };
+        let id = match last {
+            Some((l, id)) if l == v => id,
+            _ => interner.intern(v),
+        };
+        last = Some((v, id));
+        out.push(id);
     }
-
-    fn get(&self, row: usize) -> Option<&str> {
-        self.is_valid(row).then(|| self.value(row))
-    }
-
-    /// The ids of the values at `rows`, interned in row order ([`NONE`] for
-    /// a null). A dictionary's values are looked up once each; runs of one
-    /// plain value (a file's rows often share a channel or type) once per
-    /// run.
-    fn ids(&self, interner: &mut Interner, rows: &[usize]) -> Vec<u32> {
-        self.ids_or(interner, rows, None)
-    }
-
-    /// [`Strs::ids`], a null taken as `null` (a column the schema says is
-    /// never null still gets a real id for one).
-    fn ids_or(&self, interner: &mut Interner, rows: &[usize], null: Option<&str>) -> Vec<u32> {
-        let null = |interner: &mut Interner| null.map_or(NONE, |v| interner.intern(v));
-        let mut out = Vec::with_capacity(rows.len());
-        match self {
-            Strs::Plain(column) => {
-                let mut last: Option<(&str, u32)> = None;
-                for &row in rows {
-                    if column.is_null(row) {
-                        out.push(null(interner));
-                        continue;
-                    }
-                    let v = column.value(row);
-                    let id = match last {
-                        Some((l, id)) if l == v => id,
-                        _ => interner.intern(v),
-                    };
-                    last = Some((v, id));
-                    out.push(id);
-                }
-            }
-            Strs::Dict { keys, values } => {
-                let mut of_key = vec![NONE; values.len()];
-                for &row in rows {
-                    let k = keys.value(row) as usize;
-                    if keys.is_null(row) || values.is_null(k) {
-                        out.push(null(interner));
-                        continue;
-                    }
-                    if of_key[k] == NONE {
-                        of_key[k] = interner.intern(values.value(k));
-                    }
-                    out.push(of_key[k]);
-                }
-            }
-        }
-        out
-    }
+    out
 }
 
 /// An id slot's "null".
@@ -703,15 +636,15 @@ fn add_batch(
             .column_by_name(name)
             .ok_or_else(|| Error::Internal(format!("events batch has no `{name}`")))
     };
-    let event_ids = Strs::column(batch, "event_id")?;
+    let event_ids = strings(batch, "event_id")?;
     let times = arrow::compute::cast(
         col("event_time")?,
         &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
     )?;
     let times = times.as_primitive::<TimestampMicrosecondType>();
-    let channels = Strs::column(batch, "channel")?;
-    let types = Strs::column(batch, "event_type")?;
-    let categories = Strs::column(batch, "category")?;
+    let channels = strings(batch, "channel")?;
+    let types = strings(batch, "event_type")?;
+    let categories = strings(batch, "category")?;
     let amounts = col("amount")?
         .as_any()
         .downcast_ref::<Decimal128Array>()
@@ -719,17 +652,22 @@ fn add_batch(
         .clone();
     let ids = col("identifiers")?.as_list::<i32>();
     let id_struct: &StructArray = ids.values().as_struct();
-    let id_kinds = Strs::of(id_struct.column(0), "identifiers.kind")?;
-    let id_values = Strs::of(id_struct.column(1), "identifiers.value")?;
+    let id_kinds = Strings::of(id_struct.column(0).as_ref(), "identifiers.kind")?;
+    let id_values = Strings::of(id_struct.column(1).as_ref(), "identifiers.value")?;
     let props: &MapArray = col("properties")?.as_map();
     let prop_keys = arrow::compute::cast(props.keys(), &DataType::Utf8)?;
     let prop_values = arrow::compute::cast(props.values(), &DataType::Utf8)?;
     let (prop_keys, prop_values) = (prop_keys.as_string::<i32>(), prop_values.as_string::<i32>());
     // Dimension columns: a typed column when there is one, else the map.
-    let dim_columns: Vec<Option<Strs>> = plan
+    let dim_columns: Vec<Option<Strings>> = plan
         .dimensions
         .iter()
-        .map(|d| batch.column_by_name(d).map(|c| Strs::of(c, d)).transpose())
+        .map(|d| {
+            batch
+                .column_by_name(d)
+                .map(|c| Strings::of(c.as_ref(), d))
+                .transpose()
+        })
         .collect::<Result<_>>()?;
     let prop_of = |row: usize, key: &str| -> Option<&str> {
         if props.is_null(row) {
@@ -767,17 +705,17 @@ fn add_batch(
         s.events[p] += 1;
     }
     // `channel` and `event_type` are never null (the schema says so).
-    let channel_ids = channels.ids_or(&mut s.channels, &rows, Some(""));
+    let channel_ids = intern_rows(&mut s.channels, &channels, &rows, Some(""));
     for (&row, &c) in rows.iter().zip(&channel_ids) {
         s.channel_counts.add(owners[row] as usize, c, 1);
     }
-    let category_ids = categories.ids(&mut s.categories, &rows);
+    let category_ids = intern_rows(&mut s.categories, &categories, &rows, None);
     for (&row, &c) in rows.iter().zip(&category_ids) {
         if c != NONE {
             s.category_counts.add(owners[row] as usize, c, 1);
         }
     }
-    let type_ids = types.ids_or(&mut s.event_types, &rows, Some(""));
+    let type_ids = intern_rows(&mut s.event_types, &types, &rows, Some(""));
     let purchase = s.event_types.get("purchase");
     let register = s.event_types.get("register");
     let profile_update = s.event_types.get("profile_update");

@@ -48,24 +48,30 @@ pub(crate) fn paths(table: &DeltaTable) -> Result<Vec<StorePath>> {
         .collect())
 }
 
-/// The object store path of an `add` action's `path` (URL-encoded, relative
+/// The object store paths of `add` actions' `path`s (URL-encoded, relative
 /// to the table root).
-pub(crate) fn path_of_add(path: &str) -> Result<StorePath> {
-    StorePath::from_url_path(path).map_err(|e| Error::Internal(format!("data file `{path}`: {e}")))
+pub(crate) fn paths_of_adds(paths: &[String]) -> Result<Vec<StorePath>> {
+    paths
+        .iter()
+        .map(|p| {
+            StorePath::from_url_path(p)
+                .map_err(|e| Error::Internal(format!("data file `{p}`: {e}")))
+        })
+        .collect()
 }
 
 /// Calls `f` with every batch of the data files `paths` of `table`, reading
-/// `columns` (not partition columns, which data files do not hold) on
-/// `threads` threads. Batches arrive in no fixed order; the first error, a
+/// `columns` (not partition columns, which data files do not hold) on a
+/// thread per core. Batches arrive in no fixed order; the first error, a
 /// reader's or `f`'s, stops the reading and is returned.
 pub(crate) async fn read(
     table: &DeltaTable,
     paths: Vec<StorePath>,
     columns: &Columns,
-    threads: usize,
     mut f: impl FnMut(RecordBatch) -> Result<()>,
 ) -> Result<()> {
-    let threads = threads.clamp(1, paths.len().max(1));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = cores.clamp(1, paths.len().max(1));
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<Result<RecordBatch>>(threads * QUEUED_PER_THREAD);
     let next = Arc::new(AtomicUsize::new(0));
