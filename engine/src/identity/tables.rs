@@ -215,7 +215,7 @@ struct Batches {
     batches: std::sync::Mutex<Option<BatchIter>>,
 }
 
-type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+pub(crate) type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
 impl std::fmt::Debug for Batches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -284,8 +284,8 @@ pub(crate) async fn write_stream(
 /// Overwrites the Delta table at `path` (created empty first when absent)
 /// with what `parts` yield, in one commit. Each part is encoded by its own
 /// Parquet writer on its own task: delta-rs encodes an unpartitioned table's
-/// write on a single task, and the identity tables are the run's largest
-/// write.
+/// write on a single task, and the identity and profile tables are their
+/// runs' largest writes.
 pub(crate) async fn overwrite_in_parts(
     path: &Path,
     schema: SchemaRef,

@@ -101,14 +101,22 @@ pub(crate) async fn write_tables(
         .iter()
         .filter(|&o| (o as usize) < s.events.len())
         .collect();
-    let chunks = live.len().div_ceil(CHUNK);
-    let profiles = {
-        let (persons, s) = (persons.clone(), s.clone());
-        (0..chunks).map(move |i| {
-            let chunk = &live[i * CHUNK..((i + 1) * CHUNK).min(live.len())];
-            profiles_batch(&persons, &s, &d, chunk)
+    // One Parquet writer per core, each on its own task over a contiguous
+    // range of persons: delta-rs would encode the table on a single task.
+    let live = Arc::new(live);
+    let parts = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per = live.len().div_ceil(parts).max(1);
+    let profiles: Vec<tables::BatchIter> = (0..live.len().div_ceil(per))
+        .map(|p| {
+            let (persons, s, d, live) = (persons.clone(), s.clone(), d.clone(), live.clone());
+            let range = p * per..((p + 1) * per).min(live.len());
+            let iter = (range.start..range.end).step_by(CHUNK).map(move |at| {
+                let chunk = &live[at..(at + CHUNK).min(range.end)];
+                profiles_batch(&persons, &s, &d, chunk)
+            });
+            Box::new(iter) as tables::BatchIter
         })
-    };
+        .collect();
     // delta-rs encodes each table on one task: the two run side by side.
     let mut history = {
         let path = dir.join(ATTRIBUTE_HISTORY);
@@ -121,13 +129,8 @@ pub(crate) async fn write_tables(
             tables::write_stream(&path, HISTORY_SCHEMA.clone(), history, SaveMode::Overwrite).await
         }))
     };
-    let profiles = tables::write_stream(
-        &dir.join(PROFILES),
-        PROFILES_SCHEMA.clone(),
-        profiles,
-        SaveMode::Overwrite,
-    )
-    .await;
+    let profiles =
+        tables::overwrite_in_parts(&dir.join(PROFILES), PROFILES_SCHEMA.clone(), profiles).await;
     let history = (&mut history.0)
         .await
         .map_err(|e| Error::Internal(format!("attribute history task: {e}")))?;
