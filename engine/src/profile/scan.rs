@@ -19,8 +19,11 @@ use crate::{Error, Result};
 /// Which person each identifier value belongs to, after the last OneID run.
 #[derive(Debug, Default)]
 pub(crate) struct PersonMap {
-    /// `key128(kind, value)` → (ordinal, the kind's priority).
-    owner: KeyMap<(u32, u8)>,
+    /// `key128(kind, value)` → ordinal of the live owner.
+    owner: KeyMap<u32>,
+    /// Each configured kind's priority; other kinds have `default_priority`.
+    priorities: hashbrown::HashMap<String, u8>,
+    default_priority: u8,
     /// `person_id` by ordinal (`None`: retired or never used).
     pub person_ids: Vec<Option<String>>,
     /// Live persons.
@@ -40,70 +43,105 @@ impl PersonMap {
         if tables::open(&dir.join(PERSONS)).await?.is_none() {
             return Ok(None);
         }
-        let mut map = PersonMap::default();
-        let mut ordinal_of_id: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
-        let mut redirects: Vec<(u32, String)> = Vec::new();
-        for batch in
-            tables::scan(&dir.join(PERSONS), &["person_id", "ordinal", "merged_into"]).await?
-        {
-            let ids = tables::strings(batch.column(0))?;
+        // The snapshot is read on its own thread while the persons table is.
+        let owners = {
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || snapshot::read_owners(&dir, run))
+        };
+        let batches =
+            tables::scan(&dir.join(PERSONS), &["person_id", "ordinal", "merged_into"]).await?;
+        let mut map = PersonMap {
+            priorities: (rules.kinds.iter())
+                .map(|(k, r)| (k.clone(), r.priority))
+                .collect(),
+            default_priority: rules.default_kind.priority,
+            ..PersonMap::default()
+        };
+        // Retired ordinals and the id of the person each was merged into.
+        let mut redirects: Vec<(u32, &str)> = Vec::new();
+        let mut columns = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            let ids = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+            let merged = arrow::compute::cast(batch.column(2), &DataType::Utf8)?;
             let ords = tables::ints(batch.column(1))?;
-            let merged = tables::strings(batch.column(2))?;
-            for (i, id) in ids.into_iter().enumerate() {
-                let o = u32::try_from(ords[i]).map_err(|_| {
-                    Error::Internal(format!("persons row {i}: ordinal {} out of range", ords[i]))
-                })?;
-                if let Some(id) = &id {
-                    ordinal_of_id.insert(id.clone(), o);
+            let ords: Vec<u32> = ords
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| {
+                    u32::try_from(o).map_err(|_| {
+                        Error::Internal(format!("persons row {i}: ordinal {o} out of range"))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            if let Some(&top) = ords.iter().max()
+                && map.person_ids.len() <= top as usize
+            {
+                map.person_ids.resize(top as usize + 1, None);
+            }
+            columns.push((ids, ords, merged));
+        }
+        for (ids, ords, merged) in &columns {
+            let (ids, merged) = (ids.as_string::<i32>(), merged.as_string::<i32>());
+            for (i, &o) in ords.iter().enumerate() {
+                if merged.is_valid(i) {
+                    redirects.push((o, merged.value(i)));
+                } else {
+                    map.person_ids[o as usize] = ids.is_valid(i).then(|| ids.value(i).to_string());
+                    map.live.insert(o);
                 }
-                let slot = o as usize;
-                if map.person_ids.len() <= slot {
-                    map.person_ids.resize(slot + 1, None);
-                }
-                if let Some(into) = &merged[i] {
-                    redirects.push((o, into.clone()));
-                    continue;
-                }
-                map.person_ids[slot] = id;
-                map.live.insert(o);
             }
         }
-        for (o, into) in redirects {
-            if let Some(&to) = ordinal_of_id.get(&into) {
-                map.merged_into.insert(o, to);
+        // The ordinals of the redirect targets only: one pass over the ids
+        // instead of a map of every id.
+        if !redirects.is_empty() {
+            let mut target: hashbrown::HashMap<&str, u32> =
+                redirects.iter().map(|&(_, to)| (to, u32::MAX)).collect();
+            for (ids, ords, _) in &columns {
+                let ids = ids.as_string::<i32>();
+                for (i, &o) in ords.iter().enumerate() {
+                    if ids.is_valid(i)
+                        && let Some(t) = target.get_mut(ids.value(i))
+                    {
+                        *t = o;
+                    }
+                }
+            }
+            for (o, to) in redirects {
+                let to = target[to];
+                if to != u32::MAX {
+                    map.merged_into.insert(o, to);
+                }
             }
         }
         // A snapshot pruned by a run finishing meanwhile, or damaged, only
         // costs the slower read below.
-        let owners = snapshot::read_owners(dir, run).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "owners read from `identifiers` instead of the snapshot");
-            None
-        });
+        let owners = owners
+            .await
+            .map_err(|e| Error::Internal(format!("owner snapshot task: {e}")))?
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "owners read from `identifiers` instead of the snapshot");
+                None
+            });
         if let Some(owners) = owners {
-            let priority: Vec<u8> = owners
-                .kind_names
-                .iter()
-                .map(|k| rules.kind(k).priority)
-                .collect();
             // Only live persons own values: a lookup needs no liveness check.
             let mut is_live = vec![false; map.person_ids.len()];
             for o in &map.live {
                 is_live[o as usize] = true;
             }
             let live = |o: u32| is_live.get(o as usize).copied().unwrap_or(false);
-            map.owner = KeyMap::of_entries(&owners.keys, 0, |i| {
-                let o = owners.ordinals[i];
-                (o != snapshot::Owners::NO_PERSON && live(o))
-                    .then(|| (o, priority[owners.kinds[i] as usize]))
-            })
-            .map_err(|i| {
+            // Each node's entry, worked out in node order: the map's build
+            // visits the nodes in slot order, where looking up an ordinal and
+            // then its liveness would be two dependent cache misses a node.
+            let entries: Vec<Option<u32>> = (owners.ordinals.iter())
+                .map(|&o| (o != snapshot::Owners::NO_PERSON && live(o)).then_some(o))
+                .collect();
+            map.owner = KeyMap::of_entries(&owners.keys, 0, |i| entries[i]).map_err(|i| {
                 Error::Internal(format!(
                     "identity snapshot of run {run}: node {i} repeats an earlier key"
                 ))
             })?;
             return Ok(Some(map));
         }
-        let mut priorities: hashbrown::HashMap<String, u8> = hashbrown::HashMap::new();
         // One allocation for the owner map: every row, retired ones included.
         if let Some(t) = tables::open(&dir.join(IDENTIFIERS)).await? {
             map.owner.reserve(crate::store::table::num_records(&t));
@@ -121,17 +159,8 @@ impl PersonMap {
                 if !map.live.contains(ordinal) {
                     continue;
                 }
-                let kind = kinds.value(i);
-                let priority = match priorities.get(kind) {
-                    Some(p) => *p,
-                    None => {
-                        let p = rules.kind(kind).priority;
-                        priorities.insert(kind.to_string(), p);
-                        p
-                    }
-                };
                 map.owner
-                    .insert(key128(kind, values.value(i)), (ordinal, priority));
+                    .insert(key128(kinds.value(i), values.value(i)), ordinal);
             }
         }
         Ok(Some(map))
@@ -139,22 +168,33 @@ impl PersonMap {
 
     /// The live person holding `kind:value` (normalised).
     pub fn ordinal_of(&self, kind: &str, value: &str) -> Option<u32> {
-        self.owner.get(key128(kind, value)).map(|&(o, _)| o)
+        self.owner.get(key128(kind, value)).copied()
+    }
+
+    /// The priority of identifier kind `kind` under the rules the map was
+    /// loaded with.
+    pub fn priority(&self, kind: &str) -> u8 {
+        (self.priorities.get(kind).copied()).unwrap_or(self.default_priority)
     }
 
     /// The person an event with identifiers `ids` (kind, normalised value)
     /// belongs to: the live owner of its strongest value (by the kind's
     /// priority; the first of equals).
     pub fn owner_of<'a>(&self, ids: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<u32> {
-        let mut best: Option<(u8, u32)> = None;
-        for (kind, value) in ids {
-            if let Some(&(o, p)) = self.owner.get(key128(kind, value))
-                && best.is_none_or(|(bp, _)| p > bp)
-            {
-                best = Some((p, o));
-            }
-        }
-        best.map(|(_, o)| o)
+        let mut ranked: Vec<(u8, &str, &str)> = (ids.into_iter())
+            .map(|(k, v)| (self.priority(k), k, v))
+            .collect();
+        self.owner_of_ranked(&mut ranked)
+    }
+
+    /// [`owner_of`](Self::owner_of) for identifiers given with their kind's
+    /// priority, in the event's order (`ranked` is reordered). The values
+    /// are looked up strongest first, and the first owned one is the answer:
+    /// an event mostly needs one lookup, not one per identifier.
+    pub fn owner_of_ranked(&self, ranked: &mut [(u8, &str, &str)]) -> Option<u32> {
+        // A stable sort: equals keep the event's order.
+        ranked.sort_by_key(|&(p, ..)| std::cmp::Reverse(p));
+        (ranked.iter()).find_map(|&(_, k, v)| self.owner.get(key128(k, v)).copied())
     }
 
     /// One past the highest ordinal.
@@ -621,6 +661,42 @@ fn intern_rows(
     out
 }
 
+/// The priority of each identifier's kind in a batch: worked out once per
+/// dictionary entry when the kinds are dictionary-encoded (they are in the
+/// data files), else once per run of equal kinds.
+fn kind_priorities(persons: &PersonMap, kinds: &Strings, n: usize) -> Vec<u8> {
+    if let Strings::Dict(keys, values) = kinds {
+        // A null is the kind "", as `Strings::value` reads it.
+        let of_key: Vec<u8> = (0..values.len())
+            .map(|k| {
+                persons.priority(if values.is_null(k) {
+                    ""
+                } else {
+                    values.value(k)
+                })
+            })
+            .collect();
+        let null = persons.priority("");
+        return (keys.iter())
+            .map(|k| k.map_or(null, |k| of_key[k as usize]))
+            .collect();
+    }
+    let mut last: Option<(&str, u8)> = None;
+    (0..n)
+        .map(|j| {
+            let kind = kinds.value(j);
+            match last {
+                Some((l, p)) if l == kind => p,
+                _ => {
+                    let p = persons.priority(kind);
+                    last = Some((kind, p));
+                    p
+                }
+            }
+        })
+        .collect()
+}
+
 /// An id slot's "null".
 const NONE: u32 = u32::MAX;
 
@@ -687,12 +763,17 @@ fn add_batch(
     // random accesses of one pass (owner probes, per-person slots) do not
     // depend on each other, so the CPU overlaps their cache misses, where
     // one long loop body per row would wait on each in turn.
+    let priorities = kind_priorities(persons, &id_kinds, id_struct.len());
+    let mut ranked = Vec::new();
     let owners: Vec<u32> = (0..n)
         .map(|row| {
-            let idents = (offsets[row] as usize..offsets[row + 1] as usize)
-                .filter(|&j| !id_struct.is_null(j))
-                .map(|j| (id_kinds.value(j), id_values.value(j)));
-            persons.owner_of(idents).unwrap_or(NO_OWNER)
+            ranked.clear();
+            ranked.extend(
+                (offsets[row] as usize..offsets[row + 1] as usize)
+                    .filter(|&j| !id_struct.is_null(j))
+                    .map(|j| (priorities[j], id_kinds.value(j), id_values.value(j))),
+            );
+            persons.owner_of_ranked(&mut ranked).unwrap_or(NO_OWNER)
         })
         .collect();
     let rows: Vec<usize> = (0..n).filter(|&r| owners[r] != NO_OWNER).collect();

@@ -844,6 +844,17 @@ async fn owners_from_the_snapshot_equal_owners_from_identifiers() {
             (r[2].as_deref().unwrap(), r[3].as_deref().unwrap()),
         ];
         assert_eq!(a.owner_of(ids), c.owner_of(ids), "{ids:?}");
+        // The strongest owned value decides, in either order; the first of equals.
+        let owner = |(k, v): (&str, &str)| a.ordinal_of(k, v);
+        let priority = |(k, _): (&str, &str)| rules.kind(k).priority;
+        for [x, y] in [ids, [ids[1], ids[0]]] {
+            let expected = if priority(y) > priority(x) {
+                owner(y).or(owner(x))
+            } else {
+                owner(x).or(owner(y))
+            };
+            assert_eq!(a.owner_of([x, y]), expected, "{x:?} {y:?}");
+        }
     }
 
     // The refresh without the snapshot gives the same index and profiles.
