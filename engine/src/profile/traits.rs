@@ -136,49 +136,25 @@ impl Derived {
 
     /// Every numeric trait as `(name, scale, index over the live persons)`,
     /// built one trait at a time from the persons in ordinal order (no sort,
-    /// one trait's values in memory at a time per thread), the traits spread
-    /// over the cores: each is built on its own, and the phase's other job,
-    /// the behaviour build, keeps at most one core busy.
+    /// one trait's values in memory at once).
     pub fn numeric_traits(&self, s: &Scan, live: &RoaringBitmap) -> Vec<NumericTrait> {
-        let traits: Vec<(&'static str, u8)> = (TRAITS.iter())
+        let mut values: Vec<(Ordinal, i64)> = Vec::new();
+        TRAITS
+            .iter()
             .filter_map(|t| match t.kind {
                 TraitKind::Numeric { scale } => Some((t.name, scale)),
                 TraitKind::Enumerated => None,
             })
-            .collect();
-        let live: Vec<u32> = live
-            .iter()
-            .filter(|&o| (o as usize) < s.events.len())
-            .collect();
-        let build = |(name, scale): (&'static str, u8), values: &mut Vec<(Ordinal, i64)>| {
-            values.clear();
-            values.extend(
-                (live.iter())
-                    .filter_map(|&o| self.number(s, name, o as usize).map(|v| (Ordinal(o), v))),
-            );
-            (name, scale, Bsi::from_sorted_values(values))
-        };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, traits.len().max(1));
-        let mut built: Vec<(usize, NumericTrait)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (traits, build) = (&traits, &build);
-                    scope.spawn(move || {
-                        let mut values = Vec::new();
-                        (traits.iter().enumerate().skip(t).step_by(threads))
-                            .map(|(i, &tr)| (i, build(tr, &mut values)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            (workers.into_iter())
-                .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        });
-        built.sort_by_key(|&(i, _)| i);
-        built.into_iter().map(|(_, t)| t).collect()
+            .map(|(name, scale)| {
+                values.clear();
+                values.extend(
+                    live.iter()
+                        .filter(|&o| (o as usize) < s.events.len())
+                        .filter_map(|o| self.number(s, name, o as usize).map(|v| (Ordinal(o), v))),
+                );
+                (name, scale, Bsi::from_sorted_values(&values))
+            })
+            .collect()
     }
 
     /// Every enumerated trait and attribute: name → value → persons. Values
