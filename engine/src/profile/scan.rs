@@ -854,19 +854,25 @@ fn add_batch(
             .push(day_of(row), owners[row]);
     }
     for (d, dim) in plan.dimensions.iter().enumerate() {
-        for (&row, &type_id) in rows.iter().zip(&type_ids) {
-            let value = match &dim_columns[d] {
-                Some(c) => c.get(row),
-                None => prop_of(row, dim),
-            };
-            let Some(value) = value else { continue };
-            let value_id = slots.dim_values[d].intern(value);
+        // A dimension column's values are interned once per dictionary entry
+        // (or run of one value), not once per row.
+        let value_ids = match &dim_columns[d] {
+            Some(c) => intern_rows(&mut slots.dim_values[d], c, &rows, None),
+            None => (rows.iter())
+                .map(|&row| prop_of(row, dim).map_or(NONE, |v| slots.dim_values[d].intern(v)))
+                .collect(),
+        };
+        for ((&row, &type_id), &value_id) in rows.iter().zip(&type_ids).zip(&value_ids) {
+            if value_id == NONE {
+                continue;
+            }
             let slot = match slots.by_dim.get(&(type_id, d, value_id)) {
                 Some(&slot) => slot,
                 None => {
                     let slot = s.behaviour.len();
+                    let value = slots.dim_values[d].names[value_id as usize].clone();
                     s.behaviour.push((
-                        BehaviourKey::new(types.value(row), vec![(dim.clone(), value.to_string())]),
+                        BehaviourKey::new(types.value(row), vec![(dim.clone(), value)]),
                         DayLists::default(),
                     ));
                     slots.by_dim.insert((type_id, d, value_id), slot);
