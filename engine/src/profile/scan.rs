@@ -922,6 +922,69 @@ mod tests {
     }
 
     #[test]
+    fn kind_priorities_agree_for_plain_and_dictionary_kinds() {
+        use arrow::array::{DictionaryArray, StringArray};
+        use arrow::datatypes::Int32Type;
+        let rules = IdentityRules::default();
+        let persons = PersonMap {
+            priorities: (rules.kinds.iter())
+                .map(|(k, r)| (k.clone(), r.priority))
+                .collect(),
+            default_priority: rules.default_kind.priority,
+            ..PersonMap::default()
+        };
+        let kinds = [
+            Some("device"),
+            Some("device"),
+            Some("member"),
+            None,
+            Some("loyalty_card"),
+            Some("phone"),
+        ];
+        // Unknown kinds and nulls (read as "") take the default priority.
+        let expected = vec![10, 10, 100, 50, 50, 80];
+        let plain = StringArray::from(kinds.to_vec());
+        let got = kind_priorities(&persons, &Strings::of(&plain, "kind").unwrap(), 6);
+        assert_eq!(got, expected);
+        let dict: DictionaryArray<Int32Type> = kinds.into_iter().collect();
+        let got = kind_priorities(&persons, &Strings::of(&dict, "kind").unwrap(), 6);
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn owner_of_takes_the_strongest_owned_value_then_the_first_of_equals() {
+        let rules = IdentityRules::default();
+        let mut persons = PersonMap {
+            priorities: (rules.kinds.iter())
+                .map(|(k, r)| (k.clone(), r.priority))
+                .collect(),
+            default_priority: rules.default_kind.priority,
+            ..PersonMap::default()
+        };
+        persons.owner.insert(key128("device", "d1"), 1);
+        persons.owner.insert(key128("phone", "+8613800138000"), 2);
+        persons.owner.insert(key128("email", "a@example.com"), 3);
+        persons.owner.insert(key128("email", "b@example.com"), 4);
+        let phone = ("phone", "+8613800138000");
+        assert_eq!(persons.owner_of([("device", "d1"), phone]), Some(2));
+        assert_eq!(persons.owner_of([phone, ("device", "d1")]), Some(2));
+        // An unowned strong value gives way to the next owned one.
+        assert_eq!(
+            persons.owner_of([
+                ("member", "m9"),
+                ("device", "d1"),
+                ("email", "a@example.com")
+            ]),
+            Some(3)
+        );
+        let (a, b) = (("email", "a@example.com"), ("email", "b@example.com"));
+        assert_eq!(persons.owner_of([b, a]), Some(4));
+        assert_eq!(persons.owner_of([a, b]), Some(3));
+        assert_eq!(persons.owner_of([("member", "m9")]), None);
+        assert_eq!(persons.owner_of([]), None);
+    }
+
+    #[test]
     fn counts_keep_dense_and_spilled_ids_and_fold_both() {
         let mut c = Counts::default();
         c.grow(3);
