@@ -281,17 +281,14 @@ fn projected(
     )?)
 }
 
-/// Who held each value after a run: per node of its snapshot, the key, the
-/// kind and the person's ordinal.
+/// Who held each value after a run: per node of its snapshot, the key and
+/// the person's ordinal.
 #[derive(Debug, Default)]
 pub(crate) struct Owners {
     /// [`key128`] of each node.
     pub keys: Vec<u128>,
     /// The ordinal of each node's person ([`Owners::NO_PERSON`]: none).
     pub ordinals: Vec<u32>,
-    /// Each node's kind, an index into `kind_names`.
-    pub kinds: Vec<u16>,
-    pub kind_names: Vec<String>,
 }
 
 impl Owners {
@@ -326,11 +323,9 @@ pub(crate) fn read_owners(ws_dir: &Path, run: u64) -> Result<Option<Owners>> {
         ));
     }
     o.keys.reserve(rows);
-    o.kinds.reserve(rows);
     for (from, end, path) in segments {
-        for batch in projected(&path, &keys_schema(), &["kind", "key_lo", "key_hi"])? {
+        for batch in projected(&path, &keys_schema(), &["key_lo", "key_hi"])? {
             let batch = batch?;
-            let kinds = strings(&batch, "kind", &dir)?;
             let lo = numbers::<UInt64Type>(&batch, "key_lo", &dir)?;
             let hi = numbers::<UInt64Type>(&batch, "key_hi", &dir)?;
             if o.keys.len() + batch.num_rows() > end {
@@ -339,23 +334,7 @@ pub(crate) fn read_owners(ws_dir: &Path, run: u64) -> Result<Option<Owners>> {
                     &format!("segment {from}-{end} holds more nodes"),
                 ));
             }
-            let mut last: Option<(&str, u16)> = None;
             for i in 0..batch.num_rows() {
-                let kind = kinds.value(i);
-                let k = match last {
-                    Some((l, k)) if l == kind => k,
-                    _ => match o.kind_names.iter().position(|n| n == kind) {
-                        Some(k) => k as u16,
-                        None => {
-                            let k = u16::try_from(o.kind_names.len())
-                                .map_err(|_| damaged(&dir, "more than 65,535 kinds"))?;
-                            o.kind_names.push(kind.to_string());
-                            k
-                        }
-                    },
-                };
-                last = Some((kind, k));
-                o.kinds.push(k);
                 o.keys
                     .push(u128::from(lo.value(i)) | (u128::from(hi.value(i)) << 64));
             }
