@@ -34,6 +34,17 @@ pub(crate) struct PersonMap {
 }
 
 impl PersonMap {
+    /// An empty map that ranks identifier kinds by `rules`' priorities.
+    fn with_rules(rules: &IdentityRules) -> Self {
+        PersonMap {
+            priorities: (rules.kinds.iter())
+                .map(|(k, r)| (k.clone(), r.priority))
+                .collect(),
+            default_priority: rules.default_kind.priority,
+            ..PersonMap::default()
+        }
+    }
+
     /// Loads the `persons` table and who owns each value after OneID's run
     /// `run`: from that run's graph snapshot (keys and ordinals, no value
     /// hashed), or from the `identifiers` table when the snapshot is gone or
@@ -50,13 +61,7 @@ impl PersonMap {
         };
         let batches =
             tables::scan(&dir.join(PERSONS), &["person_id", "ordinal", "merged_into"]).await?;
-        let mut map = PersonMap {
-            priorities: (rules.kinds.iter())
-                .map(|(k, r)| (k.clone(), r.priority))
-                .collect(),
-            default_priority: rules.default_kind.priority,
-            ..PersonMap::default()
-        };
+        let mut map = PersonMap::with_rules(rules);
         // Retired ordinals and the id of the person each was merged into.
         let mut redirects: Vec<(u32, &str)> = Vec::new();
         let mut columns = Vec::with_capacity(batches.len());
@@ -926,13 +931,7 @@ mod tests {
         use arrow::array::{DictionaryArray, StringArray};
         use arrow::datatypes::Int32Type;
         let rules = IdentityRules::default();
-        let persons = PersonMap {
-            priorities: (rules.kinds.iter())
-                .map(|(k, r)| (k.clone(), r.priority))
-                .collect(),
-            default_priority: rules.default_kind.priority,
-            ..PersonMap::default()
-        };
+        let persons = PersonMap::with_rules(&rules);
         let kinds = [
             Some("device"),
             Some("device"),
@@ -954,13 +953,7 @@ mod tests {
     #[test]
     fn owner_of_takes_the_strongest_owned_value_then_the_first_of_equals() {
         let rules = IdentityRules::default();
-        let mut persons = PersonMap {
-            priorities: (rules.kinds.iter())
-                .map(|(k, r)| (k.clone(), r.priority))
-                .collect(),
-            default_priority: rules.default_kind.priority,
-            ..PersonMap::default()
-        };
+        let mut persons = PersonMap::with_rules(&rules);
         persons.owner.insert(key128("device", "d1"), 1);
         persons.owner.insert(key128("phone", "+8613800138000"), 2);
         persons.owner.insert(key128("email", "a@example.com"), 3);
