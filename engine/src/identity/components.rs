@@ -136,10 +136,6 @@ impl NodeRules {
         self.slots[self.slot[node as usize] as usize]
     }
 
-    fn class(&self, node: u32) -> u16 {
-        self.of(node).class
-    }
-
     /// A new slot, with a new capped class when the rule caps `class`.
     fn push(&mut self, rule: &CompiledKind, class: String) -> u16 {
         let class = match rule.cap {
@@ -216,11 +212,13 @@ fn node_rules(g: &Graph, rules: &CompiledRules) -> NodeRules {
 /// One word per node and nothing else node-sized: the finds are bound by
 /// cache misses on random nodes, and every node-sized array is memory the
 /// job must fault in before it can use it. A word is a parent node id, or
-/// for a root [`ROOT`] with the root's row in `rows` ([`NO_ROW`] while it
-/// holds only itself: its class is its rule's, its rank 0). While a
-/// strength's first pass runs, a root it touched holds [`ROOT`] | [`MARK`] |
-/// its position in [`LevelRoots`]; once the persons are numbered, a person's
-/// root holds [`ROOT`] | [`MARK`] | its person index.
+/// for a root [`ROOT`] with either the root's row in `rows` or, while it
+/// holds only itself, its capped class (a payload from [`SINGLE`] on: rank
+/// 0, one value of that class), so that a lone root's class is read from
+/// the word the find already loaded. While a strength's first pass runs, a
+/// root it touched holds [`ROOT`] | [`MARK`] | its position in
+/// [`LevelRoots`]; once the persons are numbered, a person's root holds
+/// [`ROOT`] | [`MARK`] | its person index.
 struct CappedUnionFind {
     parent: Vec<u32>,
     /// Rows of `1 + ncls` counters: the rank, then the count per capped
@@ -235,17 +233,42 @@ const ROOT: u32 = 1 << 31;
 /// A root's payload is a position or person index, not a row.
 const MARK: u32 = 1 << 30;
 const PAYLOAD: u32 = MARK - 1;
-/// The row of a root that holds only itself.
-const NO_ROW: u32 = PAYLOAD;
+/// Payloads from here on are lone roots: `SINGLE + class` (`u16::MAX`: no
+/// capped class). Rows stay below it (there are fewer rows than nodes).
+const SINGLE: u32 = PAYLOAD - (1 << 16);
 /// Nodes the encoding can hold (node ids must not reach [`ROOT`], positions
-/// and person indexes must fit [`PAYLOAD`]).
-pub(crate) const MAX_NODES: usize = PAYLOAD as usize;
+/// and person indexes must fit [`PAYLOAD`], rows must stay below [`SINGLE`]).
+pub(crate) const MAX_NODES: usize = SINGLE as usize;
+
+/// What a plain root's word says of its person.
+#[derive(Clone, Copy)]
+enum Held {
+    /// Only the root itself, of this capped class (or `u16::MAX`).
+    Alone(u16),
+    Row(u32),
+}
+
+impl Held {
+    fn of(word: u32) -> Held {
+        debug_assert!(word & ROOT != 0 && word & MARK == 0, "not a plain root");
+        match word & PAYLOAD {
+            p if p >= SINGLE => Held::Alone((p - SINGLE) as u16),
+            row => Held::Row(row),
+        }
+    }
+}
 
 impl CappedUnionFind {
-    fn new(nr: &NodeRules) -> Self {
+    /// One lone root per node; room for `rows` rows (reserved, so the rows
+    /// are never copied as they grow; pages are touched only when used).
+    fn new(nr: &NodeRules, rows: usize) -> Self {
         CappedUnionFind {
-            parent: vec![ROOT | NO_ROW; nr.slot.len()],
-            rows: Vec::new(),
+            parent: nr
+                .slot
+                .iter()
+                .map(|&s| ROOT | (SINGLE + u32::from(nr.slots[usize::from(s)].class)))
+                .collect(),
+            rows: Vec::with_capacity(rows * (1 + nr.caps.len())),
             ncls: nr.caps.len(),
         }
     }
@@ -265,43 +288,48 @@ impl CappedUnionFind {
         }
     }
 
-    /// Root `r`'s row of counters, if it has one.
-    fn row(&self, r: u32) -> Option<&[u16]> {
-        let word = self.parent[r as usize];
-        debug_assert!(word & ROOT != 0 && word & MARK == 0, "not a plain root");
-        let row = word & PAYLOAD;
-        (row != NO_ROW).then(|| &self.rows[row as usize * (1 + self.ncls)..][..1 + self.ncls])
+    fn row(&self, row: u32) -> &[u16] {
+        &self.rows[row as usize * (1 + self.ncls)..][..1 + self.ncls]
     }
 
-    fn rank(&self, r: u32) -> u16 {
-        self.row(r).map_or(0, |row| row[0])
+    /// The rank of a person whose root has word `word`.
+    fn rank(&self, word: u32) -> u16 {
+        match Held::of(word) {
+            Held::Alone(_) => 0,
+            Held::Row(row) => self.row(row)[0],
+        }
     }
 
-    /// Adds root `r`'s counts into `out` (`ncls` long).
-    fn add_counts(&self, r: u32, nr: &NodeRules, out: &mut [u32]) {
-        match self.row(r) {
-            None => {
-                if let Some(o) = out.get_mut(usize::from(nr.class(r))) {
+    /// Adds the counts of a person whose root has word `word` into `out`
+    /// (`ncls` long).
+    fn add_counts(&self, word: u32, out: &mut [u32]) {
+        match Held::of(word) {
+            Held::Alone(class) => {
+                if let Some(o) = out.get_mut(usize::from(class)) {
                     *o += 1;
                 }
             }
-            Some(row) => {
-                for (o, &v) in out.iter_mut().zip(&row[1..]) {
+            Held::Row(row) => {
+                for (o, &v) in out.iter_mut().zip(&self.row(row)[1..]) {
                     *o += u32::from(v);
                 }
             }
         }
     }
 
-    /// Sets root `r`'s rank and counts (each within `MAX_CAP`).
-    fn set_row(&mut self, r: u32, rank: u16, counts: &[u32]) {
+    /// Makes `r` a root with rank `rank` and counts `counts` (each within
+    /// `MAX_CAP`); `word` is its word as a plain root (its row is reused).
+    fn set_row(&mut self, r: u32, word: u32, rank: u16, counts: &[u32]) {
         let stride = 1 + self.ncls;
-        let mut row = self.parent[r as usize] & PAYLOAD;
-        if row == NO_ROW {
-            row = (self.rows.len() / stride) as u32;
-            self.rows.resize(self.rows.len() + stride, 0);
-            self.parent[r as usize] = ROOT | row;
-        }
+        let row = match Held::of(word) {
+            Held::Row(row) => row,
+            Held::Alone(_) => {
+                let row = (self.rows.len() / stride) as u32;
+                self.rows.resize(self.rows.len() + stride, 0);
+                row
+            }
+        };
+        self.parent[r as usize] = ROOT | row;
         let dst = &mut self.rows[row as usize * stride..][..stride];
         dst[0] = rank;
         for (d, &c) in dst[1..].iter_mut().zip(counts) {
@@ -322,10 +350,11 @@ impl CappedUnionFind {
         if ra == rb {
             return None;
         }
+        let (wa, wb) = (self.parent[ra as usize], self.parent[rb as usize]);
         held.clear();
         held.resize(self.ncls, 0);
-        self.add_counts(ra, nr, held);
-        self.add_counts(rb, nr, held);
+        self.add_counts(wa, held);
+        self.add_counts(wb, held);
         if let Some(c) = (0..self.ncls).find(|&c| held[c] > nr.caps[c]) {
             return Some(Refusal {
                 a,
@@ -335,21 +364,21 @@ impl CappedUnionFind {
                 cap: nr.caps[c],
             });
         }
-        self.link(ra, rb, held);
+        self.link((ra, wa), (rb, wb), held);
         None
     }
 
-    /// Links roots `a` and `b` (their counts summed in `counts`); returns
-    /// the new root.
-    fn link(&mut self, a: u32, b: u32, counts: &[u32]) -> u32 {
-        let (ra, rb) = (self.rank(a), self.rank(b));
-        let (root, child, rank) = match ra.cmp(&rb) {
-            std::cmp::Ordering::Less => (b, a, rb),
-            std::cmp::Ordering::Greater => (a, b, ra),
-            std::cmp::Ordering::Equal => (a, b, ra + 1),
+    /// Links roots `a` and `b`, each with its word (their counts summed in
+    /// `counts`); returns the new root.
+    fn link(&mut self, (a, wa): (u32, u32), (b, wb): (u32, u32), counts: &[u32]) -> u32 {
+        let (ra, rb) = (self.rank(wa), self.rank(wb));
+        let (root, word, child, rank) = match ra.cmp(&rb) {
+            std::cmp::Ordering::Less => (b, wb, a, rb),
+            std::cmp::Ordering::Greater => (a, wa, b, ra),
+            std::cmp::Ordering::Equal => (a, wa, b, ra + 1),
         };
         self.parent[child as usize] = root;
-        self.set_row(root, rank, counts);
+        self.set_row(root, word, rank, counts);
         root
     }
 
@@ -418,12 +447,10 @@ impl LevelRoots {
         }
     }
 
-    /// Gives the touched roots their words back and sorts the positions by
-    /// group (a counting sort: groups are positions).
-    fn groups(&mut self, uf: &mut CappedUnionFind) {
-        for (&r, &word) in self.roots.iter().zip(&self.saved) {
-            uf.parent[r as usize] = word;
-        }
+    /// Sorts the positions by group (a counting sort: groups are
+    /// positions). The touched roots keep their marks: each group's pass
+    /// gives its roots their new or saved words.
+    fn groups(&mut self) {
         let t = self.roots.len();
         self.group.clear();
         for p in 0..t as u32 {
@@ -548,18 +575,23 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     guarded.sort_unstable();
     let mut at = degree;
     at.fill(NONE);
+    // Which nodes are guarded, as bits that stay in cache while every edge
+    // is checked (the positions in `at` are read for the few that are).
+    let mut is_guarded = Bits::new(n);
     for (i, &(_, _, v)) in guarded.iter().enumerate() {
         at[v as usize] = i as u32;
+        is_guarded.set(v);
     }
     let mut near: Vec<(u32, u32)> = Vec::new();
     for &(a, b) in &edges {
-        if at[a as usize] != NONE {
+        if is_guarded.get(a) {
             near.push((at[a as usize], b));
         }
-        if at[b as usize] != NONE {
+        if is_guarded.get(b) {
             near.push((at[b as usize], a));
         }
     }
+    drop(is_guarded);
     near.sort_unstable();
     let mut near_start = vec![0usize; guarded.len() + 1];
     for &(i, _) in &near {
@@ -570,7 +602,8 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     }
     let t_guard_lists = started.elapsed();
 
-    let mut uf = CappedUnionFind::new(&nr);
+    // A person with a row has at least two nodes and took a union to form.
+    let mut uf = CappedUnionFind::new(&nr, (n / 2).min(level_start[256]));
     // A bitset: an eighth of a `Vec<bool>`, so it stays in cache while edges
     // are checked against it.
     let mut quarantined_flag = Bits::new(n);
@@ -589,11 +622,19 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     let mut held: Vec<u32> = Vec::new();
     let mut ordered: Vec<(u64, u64, u32, u32)> = Vec::new();
     let mut sequential = 0usize;
+    // Time in each step, summed over the strengths (for the debug log).
+    let mut steps = [std::time::Duration::ZERO; 4];
+    let mut step = |i: usize, since: &mut std::time::Instant| {
+        let now = std::time::Instant::now();
+        steps[i] += now - *since;
+        *since = now;
+    };
     for level in 0..256 {
         let level_edges = &edges[level_start[level]..level_start[level + 1]];
         if level_edges.is_empty() {
             continue;
         }
+        let mut since = std::time::Instant::now();
         let strength = u8::MAX - level as u8;
         // Guard every value of this priority (and stronger ones not yet looked at).
         while next_guarded < guarded.len() && u8::MAX - guarded[next_guarded].0 >= strength {
@@ -618,6 +659,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             }
         }
 
+        step(0, &mut since);
         // Pass 1: the groups this strength's edges would join, uncapped.
         joined.clear();
         for (i, &(a, b)) in level_edges.iter().enumerate() {
@@ -633,11 +675,13 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             level_roots.union(pa, pb);
             joined.push((pa, i as u32));
         }
-        level_roots.groups(&mut uf);
-        // Pass 2: per group, its counts per capped class and its height. A
-        // group within the caps becomes one person at once, its roots under
-        // the first one touched; the edges of the others are kept for the
-        // ordered pass.
+        level_roots.groups();
+        step(1, &mut since);
+        // Pass 2: per group, its counts per capped class and its height,
+        // from the roots' saved words. A group within the caps becomes one
+        // person at once, its roots under the first one touched; the others
+        // get their words back, and their edges are kept for the ordered
+        // pass.
         let touched = level_roots.roots.len();
         over.clear();
         over.resize(touched, false);
@@ -649,20 +693,25 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             counts.fill(0);
             let mut height = 0u16;
             for &p in members {
-                let root = level_roots.roots[p as usize];
-                uf.add_counts(root, &nr, &mut counts);
-                height = height.max(uf.rank(root) + u16::from(p != gp));
+                let word = level_roots.saved[p as usize];
+                uf.add_counts(word, &mut counts);
+                height = height.max(uf.rank(word) + u16::from(p != gp));
             }
             if (0..ncls).any(|c| counts[c] > nr.caps[c]) {
                 over[gp as usize] = true;
+                for &p in members {
+                    uf.parent[level_roots.roots[p as usize] as usize] =
+                        level_roots.saved[p as usize];
+                }
                 continue;
             }
             let rep = level_roots.roots[gp as usize];
             for &p in &members[1..] {
                 uf.parent[level_roots.roots[p as usize] as usize] = rep;
             }
-            uf.set_row(rep, height, &counts);
+            uf.set_row(rep, level_roots.saved[gp as usize], height, &counts);
         }
+        step(2, &mut since);
         ordered.clear();
         if over.contains(&true) {
             for &(p, i) in &joined {
@@ -683,6 +732,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
                 refused.push(r);
             }
         }
+        step(3, &mut since);
     }
     drop(level_roots);
     drop(edges);
@@ -739,6 +789,10 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         edges_ms = (t_edges - t_rules).as_millis() as u64,
         guard_lists_ms = (t_guard_lists - t_edges).as_millis() as u64,
         unions_ms = (t_unions - t_guard_lists).as_millis() as u64,
+        guard_ms = steps[0].as_millis() as u64,
+        pass1_ms = steps[1].as_millis() as u64,
+        pass2_ms = steps[2].as_millis() as u64,
+        pass3_ms = steps[3].as_millis() as u64,
         persons_ms = (end - t_unions).as_millis() as u64,
         "components"
     );
@@ -828,7 +882,7 @@ mod tests {
         by_priority.sort_unstable();
 
         let mut held = Vec::new();
-        let mut uf = CappedUnionFind::new(&nr);
+        let mut uf = CappedUnionFind::new(&nr, 0);
         // A bitset: an eighth of a `Vec<bool>`, so it stays in cache while edges
         // are checked against it.
         let mut quarantined_flag = Bits::new(n);
