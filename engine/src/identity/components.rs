@@ -602,7 +602,9 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     }
     let t_guard_lists = started.elapsed();
 
-    // A person with a row has at least two nodes and took a union to form.
+    // A capacity hint, not a bound: a row is made when a lone value first
+    // joins another (a mergeable link each), and most persons hold two or
+    // more values.
     let mut uf = CappedUnionFind::new(&nr, (n / 2).min(level_start[256]));
     // A bitset: an eighth of a `Vec<bool>`, so it stays in cache while edges
     // are checked against it.
