@@ -516,6 +516,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         "identity graph of {n} nodes: at most {MAX_NODES}"
     );
     let started = std::time::Instant::now();
+    let faults_at_start = minor_faults();
     let nr = node_rules(g, rules);
     let ncls = nr.caps.len();
     let t_rules = started.elapsed();
@@ -740,6 +741,7 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
     drop(edges);
     // Values only in weaker edges than any applied: still guard-free (they link nothing).
     let t_unions = started.elapsed();
+    let faults_at_unions = minor_faults();
 
     // Attach non-merging values to the person they co-occur with most
     // (ties: the smallest content hash): the best attach edge per value,
@@ -796,6 +798,10 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         pass2_ms = steps[2].as_millis() as u64,
         pass3_ms = steps[3].as_millis() as u64,
         persons_ms = (end - t_unions).as_millis() as u64,
+        // Pages this thread faulted in (first touches of fresh memory), up
+        // to the end of the unions and after them.
+        faults_to_unions = faults_at_unions.saturating_sub(faults_at_start),
+        faults_after_unions = minor_faults().saturating_sub(faults_at_unions),
         "components"
     );
     Components {
@@ -804,6 +810,24 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
         quarantined,
         refused,
     }
+}
+
+/// Minor page faults of the calling thread so far (0 where Linux's
+/// `/proc/thread-self/stat` is not there, or when debug logging is off: it
+/// is read for the debug log only).
+fn minor_faults() -> u64 {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return 0;
+    }
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name in parentheses: state, ppid,
+            // pgrp, session, tty_nr, tpgid, flags, minflt.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
