@@ -161,6 +161,8 @@ pub(crate) struct Graph {
     pub track: bool,
     /// Nodes on events added while `track` was set (with repeats).
     pub touched: Vec<u32>,
+    /// A batch's nodes, kept between batches.
+    scratch: Vec<u32>,
 }
 
 /// Content hash of `(kind, value)`; the deterministic order key of a node.
@@ -489,6 +491,7 @@ impl Graph {
     ///
     /// Nodes are found by their 128-bit content key alone, as values are
     /// across runs: a probe touches the index and one key, never the strings.
+    #[cfg(test)]
     pub fn intern(&mut self, kind: &str, value: &str) -> u32 {
         let key = key128(kind, value);
         match self.node_of(key) {
@@ -660,6 +663,7 @@ impl Graph {
     }
 
     /// Records one event carrying `nodes` (deduplicated here) at `time` (µs).
+    #[cfg(test)]
     pub fn add_event(&mut self, nodes: &mut Vec<u32>, time: i64) {
         self.events += 1;
         nodes.sort_unstable();
@@ -671,6 +675,22 @@ impl Graph {
             let seen = &mut self.seen[n as usize];
             *seen = (seen.0.min(time), seen.1.max(time));
         }
+        self.push_links(nodes);
+    }
+
+    /// Records one event carrying `nodes` whose seen times are updated.
+    fn link_event(&mut self, nodes: &mut Vec<u32>) {
+        self.events += 1;
+        nodes.sort_unstable();
+        nodes.dedup();
+        if self.track {
+            self.touched.extend_from_slice(nodes);
+        }
+        self.push_links(nodes);
+    }
+
+    /// Links the nodes of one event (sorted, distinct).
+    fn push_links(&mut self, nodes: &[u32]) {
         let n = self.kind_of.len();
         if nodes.len() <= CLIQUE_MAX {
             for (i, &a) in nodes.iter().enumerate() {
@@ -691,9 +711,66 @@ impl Graph {
         }
     }
 
-    /// Adds every event of `batch` (columns `event_time` and `identifiers`),
-    /// skipping values the rules block.
-    pub fn add_batch(&mut self, batch: &RecordBatch, rules: &CompiledRules) -> Result<()> {
+    /// Adds every event of a batch [`prepare`]d for it, in row order.
+    ///
+    /// Three passes over the batch's kept identifiers, each a loop of
+    /// independent random reads that the processor overlaps: their nodes
+    /// (one probe of the index each; new values appended), their first and
+    /// last seen times, then the links of each event.
+    pub fn add_prepared(&mut self, p: &Prepared) -> Result<()> {
+        let cols = IdColumns::of(&p.batch)?;
+        self.blocked += p.blocked;
+        let mut nodes = std::mem::take(&mut self.scratch);
+        nodes.clear();
+        nodes.reserve(p.keys.len());
+        for (&key, &entry) in p.keys.iter().zip(&p.entries) {
+            let n = match self.node_of(key) {
+                Some(n) => n,
+                None => {
+                    let (kind, value) = (
+                        cols.kinds.value(entry as usize),
+                        cols.values.value(entry as usize),
+                    );
+                    self.new_node(kind, value, key, key_hash(kind, value))
+                }
+            };
+            nodes.push(n);
+        }
+        let mut start = 0;
+        for (row, &end) in p.row_ends.iter().enumerate() {
+            let time = cols.times.value(row);
+            for &n in &nodes[start..end as usize] {
+                let seen = &mut self.seen[n as usize];
+                *seen = (seen.0.min(time), seen.1.max(time));
+            }
+            start = end as usize;
+        }
+        let mut event = Vec::with_capacity(8);
+        let mut start = 0;
+        for &end in &p.row_ends {
+            let end = end as usize;
+            if end > start {
+                event.clear();
+                event.extend_from_slice(&nodes[start..end]);
+                self.link_event(&mut event);
+            }
+            start = end;
+        }
+        self.scratch = nodes;
+        Ok(())
+    }
+}
+
+/// The columns of an event batch OneID reads.
+struct IdColumns<'a> {
+    times: &'a arrow::array::TimestampMicrosecondArray,
+    ids: &'a GenericListArray<i32>,
+    kinds: Strings<'a>,
+    values: Strings<'a>,
+}
+
+impl<'a> IdColumns<'a> {
+    fn of(batch: &'a RecordBatch) -> Result<Self> {
         let times = batch
             .column_by_name("event_time")
             .ok_or_else(|| Error::Internal("identity: no `event_time` column".into()))?;
@@ -707,42 +784,91 @@ impl Graph {
             .as_list_opt()
             .ok_or_else(|| Error::Internal("identity: `identifiers` is not a list".into()))?;
         let entries: &StructArray = ids.values().as_struct();
-        let kinds = Strings::of(entries.column(0).as_ref(), "identifiers.kind")?;
-        let values = Strings::of(entries.column(1).as_ref(), "identifiers.value")?;
-        let offsets = ids.value_offsets();
-        let mut nodes = Vec::with_capacity(8);
-        // A batch holds a handful of distinct kinds: each one's rule is looked
-        // up once, not per identifier.
-        let mut kind_rules: Vec<(&str, &super::rules::CompiledKind)> = Vec::new();
-        for row in 0..batch.num_rows() {
-            if ids.is_null(row) {
-                continue;
-            }
-            nodes.clear();
+        Ok(IdColumns {
+            times,
+            ids,
+            kinds: Strings::of(entries.column(0).as_ref(), "identifiers.kind")?,
+            values: Strings::of(entries.column(1).as_ref(), "identifiers.value")?,
+        })
+    }
+}
+
+/// An event batch with the work that needs no graph done: the rules'
+/// blocklists applied and every kept identifier's [`key128`] computed. Made
+/// by [`prepare`] on the threads that read the batches, so the one thread
+/// that builds the graph only probes its index and appends links.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    batch: RecordBatch,
+    /// Per row, the end of its kept identifiers in `keys` and `entries`.
+    row_ends: Vec<u32>,
+    /// The [`key128`] of each kept identifier, rows in order.
+    keys: Vec<u128>,
+    /// Where each kept identifier sits in the `identifiers` list's values.
+    entries: Vec<u32>,
+    /// Identifiers the rules block.
+    blocked: u64,
+}
+
+/// Prepares `batch` (columns `event_time` and `identifiers`) for
+/// [`Graph::add_prepared`]: a null `(kind, value)` or a value the rules
+/// block is left out; so is a null list.
+pub(crate) fn prepare(batch: RecordBatch, rules: &CompiledRules) -> Result<Prepared> {
+    let cols = IdColumns::of(&batch)?;
+    let offsets = cols.ids.value_offsets();
+    let total = (offsets[offsets.len() - 1] - offsets[0]) as usize;
+    let mut row_ends = Vec::with_capacity(batch.num_rows());
+    let mut keys = Vec::with_capacity(total);
+    let mut entries = Vec::with_capacity(total);
+    let mut blocked = 0u64;
+    // A batch holds a handful of distinct kinds: each one's rule is looked
+    // up once (per dictionary entry when the kinds are a dictionary), not
+    // per identifier.
+    let mut by_code: Vec<Option<&super::rules::CompiledKind>> = Vec::new();
+    if let Strings::Dict(_, dict) = &cols.kinds {
+        by_code = (0..dict.len())
+            .map(|k| (!dict.is_null(k)).then(|| rules.kind(dict.value(k))))
+            .collect();
+    }
+    let mut by_name: Vec<(&str, &super::rules::CompiledKind)> = Vec::new();
+    for row in 0..batch.num_rows() {
+        if !cols.ids.is_null(row) {
             for j in offsets[row] as usize..offsets[row + 1] as usize {
-                let (Some(kind), Some(value)) = (kinds.get(j), values.get(j)) else {
+                let (Some(kind), Some(value)) = (cols.kinds.get(j), cols.values.get(j)) else {
                     continue;
                 };
-                let rule = match kind_rules.iter().find(|(k, _)| *k == kind) {
-                    Some(&(_, rule)) => rule,
-                    None => {
-                        let rule = rules.kind(kind);
-                        kind_rules.push((kind, rule));
-                        rule
-                    }
+                let rule = match &cols.kinds {
+                    Strings::Dict(codes, _) => by_code[codes.value(j) as usize],
+                    _ => None,
+                };
+                let rule = match rule {
+                    Some(rule) => rule,
+                    None => match by_name.iter().find(|(k, _)| *k == kind) {
+                        Some(&(_, rule)) => rule,
+                        None => {
+                            let rule = rules.kind(kind);
+                            by_name.push((kind, rule));
+                            rule
+                        }
+                    },
                 };
                 if rule.blocked(value) {
-                    self.blocked += 1;
+                    blocked += 1;
                     continue;
                 }
-                nodes.push(self.intern(kind, value));
-            }
-            if !nodes.is_empty() {
-                self.add_event(&mut nodes, times.value(row));
+                keys.push(key128(kind, value));
+                entries.push(j as u32);
             }
         }
-        Ok(())
+        row_ends.push(keys.len() as u32);
     }
+    Ok(Prepared {
+        batch,
+        row_ends,
+        keys,
+        entries,
+        blocked,
+    })
 }
 
 #[cfg(test)]

@@ -213,8 +213,8 @@ impl Workspace {
                 }
                 let mut next_report = 0u64;
                 let paths = crate::store::datafiles::paths(&table)?;
-                snapshot::read_paths(&table, paths, |batch| {
-                    g.add_batch(&batch, &compiled)?;
+                snapshot::read_paths(&table, paths, &compiled, |batch| {
+                    g.add_prepared(&batch)?;
                     if g.events >= next_report {
                         progress(Progress {
                             phase: "read",

@@ -569,25 +569,35 @@ pub(crate) async fn read_files(
     g: &mut Graph,
     rules: &CompiledRules,
 ) -> Result<()> {
-    read_paths(table, datafiles::paths_of_adds(paths)?, |batch| {
-        g.add_batch(&batch, rules)
+    read_paths(table, datafiles::paths_of_adds(paths)?, rules, |batch| {
+        g.add_prepared(&batch)
     })
     .await
 }
 
-/// Calls `f` with every batch of the data files `paths` of `table`: the
+/// Calls `f` with every batch of the data files `paths` of `table`,
+/// [`prepare`](super::graph::prepare)d for the graph under `rules`: the
 /// columns OneID reads, on every core, an identifier's `kind` as a
 /// dictionary.
 pub(crate) async fn read_paths(
     table: &DeltaTable,
     paths: Vec<StorePath>,
-    f: impl FnMut(RecordBatch) -> Result<()>,
+    rules: &CompiledRules,
+    f: impl FnMut(super::graph::Prepared) -> Result<()>,
 ) -> Result<()> {
     let columns = datafiles::Columns {
         names: vec!["event_time".into(), "identifiers".into()],
         dictionary: vec!["identifiers.kind".into()],
     };
-    datafiles::read(table, paths, &columns, f).await
+    let rules = rules.clone();
+    datafiles::read_map(
+        table,
+        paths,
+        &columns,
+        move |batch| super::graph::prepare(batch, &rules),
+        f,
+    )
+    .await
 }
 
 /// The size of run `run`'s graph, from its key segments' names and file

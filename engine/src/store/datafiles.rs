@@ -68,12 +68,25 @@ pub(crate) async fn read(
     table: &DeltaTable,
     paths: Vec<StorePath>,
     columns: &Columns,
-    mut f: impl FnMut(RecordBatch) -> Result<()>,
+    f: impl FnMut(RecordBatch) -> Result<()>,
 ) -> Result<()> {
+    read_map(table, paths, columns, Ok, f).await
+}
+
+/// [`read`], with `map` applied to every batch on the thread that read it:
+/// work that needs no shared state (hashing, checks) runs on every core
+/// instead of on the consumer's.
+pub(crate) async fn read_map<T: Send + 'static>(
+    table: &DeltaTable,
+    paths: Vec<StorePath>,
+    columns: &Columns,
+    map: impl Fn(RecordBatch) -> Result<T> + Send + Sync + 'static,
+    mut f: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    let map = Arc::new(map);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = cores.clamp(1, paths.len().max(1));
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<Result<RecordBatch>>(threads * QUEUED_PER_THREAD);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<T>>(threads * QUEUED_PER_THREAD);
     let next = Arc::new(AtomicUsize::new(0));
     let paths = Arc::new(paths);
     let columns = Arc::new(columns.clone());
@@ -81,13 +94,14 @@ pub(crate) async fn read(
     let runtime = tokio::runtime::Handle::current();
     let mut workers = Vec::with_capacity(threads);
     for _ in 0..threads {
-        let (tx, next, paths, columns, store, runtime) = (
+        let (tx, next, paths, columns, store, runtime, map) = (
             tx.clone(),
             next.clone(),
             paths.clone(),
             columns.clone(),
             store.clone(),
             runtime.clone(),
+            map.clone(),
         );
         workers.push(tokio::task::spawn_blocking(move || {
             while let Some(path) = paths.get(next.fetch_add(1, Ordering::Relaxed)) {
@@ -97,7 +111,7 @@ pub(crate) async fn read(
                     .and_then(|bytes| {
                         read_file(bytes, path, &columns, |batch| {
                             // The consumer is gone: it stopped on an error.
-                            Ok(tx.blocking_send(Ok(batch)).is_ok())
+                            Ok(tx.blocking_send(Ok(map(batch)?)).is_ok())
                         })
                     });
                 match sent {
