@@ -30,27 +30,120 @@ const CLIQUE_MAX: usize = 8;
 /// radix-sorted and merged in when it grows to half the sorted part, and by
 /// [`Graph::seal`]; passes over the links then go in node order, which keeps
 /// their lookups of per-node arrays close together.
-#[derive(Debug, Default, Clone)]
+///
+/// A graph built from many events can hand the sorting to a thread of its
+/// own ([`Links::in_background`]): pending runs then go to it as they fill,
+/// and [`Links::merge`] takes its result back.
+#[derive(Debug, Default)]
 struct Links {
     sorted: Vec<(u64, u32)>,
     pending: Vec<(u64, u32)>,
     /// Bits of a node index, for the radix sort's key.
     node_bits: u32,
+    /// The thread holding `sorted` while it sorts runs, when one does.
+    worker: Option<LinkWorker>,
 }
 
-/// Pending occurrences never wait for less than this before a merge.
-const PENDING_MIN: usize = 1 << 20;
+/// A thread that sorts and merges runs of pending links.
+#[derive(Debug)]
+struct LinkWorker {
+    /// Full runs, with the node count when they filled.
+    runs: std::sync::mpsc::SyncSender<(Vec<(u64, u32)>, usize)>,
+    /// Emptied runs, for reuse: their pages are touched already. (In a
+    /// mutex, never contended, so that a graph can be shared.)
+    spent: std::sync::Mutex<std::sync::mpsc::Receiver<Vec<(u64, u32)>>>,
+    thread: std::thread::JoinHandle<Links>,
+}
+
+/// Pending occurrences never wait for less than this before a merge (tests
+/// merge and hand runs off often).
+const PENDING_MIN: usize = if cfg!(test) { 64 } else { 1 << 20 };
 
 impl Links {
     fn push(&mut self, key: u64, events: u32, nodes: usize) {
         self.pending.push((key, events));
-        if self.pending.len() >= PENDING_MIN.max(self.sorted.len() / 2) {
-            self.merge(nodes);
+        match &self.worker {
+            Some(w) if self.pending.len() >= PENDING_MIN => {
+                let fresh = w
+                    .spent
+                    .lock()
+                    .ok()
+                    .and_then(|spent| spent.try_recv().ok())
+                    .unwrap_or_else(|| Vec::with_capacity(PENDING_MIN));
+                let run = std::mem::replace(&mut self.pending, fresh);
+                if let Err(std::sync::mpsc::SendError((run, _))) = w.runs.send((run, nodes)) {
+                    // The thread is gone (it panicked): `merge` reports it;
+                    // keep the run meanwhile.
+                    self.pending = run;
+                }
+            }
+            None if self.pending.len() >= PENDING_MIN.max(self.sorted.len() / 2) => {
+                self.merge(nodes)
+            }
+            _ => {}
         }
     }
 
-    /// Sorts the pending occurrences, adds up repeats and merges them in.
+    /// From now on, full runs of pending links are sorted and merged on a
+    /// thread of their own, until [`Links::merge`].
+    fn in_background(&mut self) {
+        if self.worker.is_some() {
+            return;
+        }
+        let mut links = Links {
+            sorted: std::mem::take(&mut self.sorted),
+            pending: std::mem::take(&mut self.pending),
+            node_bits: self.node_bits,
+            worker: None,
+        };
+        let (runs, inbox) = std::sync::mpsc::sync_channel::<(Vec<(u64, u32)>, usize)>(1);
+        let (give_back, spent) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("quiver-links".into())
+            .spawn(move || {
+                for (mut run, nodes) in inbox {
+                    if links.pending.is_empty() {
+                        std::mem::swap(&mut links.pending, &mut run);
+                    } else {
+                        links.pending.extend_from_slice(&run);
+                    }
+                    if links.pending.len() >= PENDING_MIN.max(links.sorted.len() / 2) {
+                        links.merge(nodes);
+                    }
+                    run.clear();
+                    let _ = give_back.send(run);
+                }
+                links
+            });
+        match spawned {
+            Ok(thread) => {
+                self.worker = Some(LinkWorker {
+                    runs,
+                    spent: std::sync::Mutex::new(spent),
+                    thread,
+                })
+            }
+            // No thread to be had: sort here, as without one.
+            Err(e) => tracing::debug!(error = %e, "identity: links sorted on the graph's thread"),
+        }
+    }
+
+    /// Sorts the pending occurrences, adds up repeats and merges them in
+    /// (taking the background thread's links back first, if one runs).
     fn merge(&mut self, nodes: usize) {
+        if let Some(w) = self.worker.take() {
+            drop(w.runs);
+            let mut links = match w.thread.join() {
+                Ok(links) => links,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            if links.pending.is_empty() {
+                links.pending = std::mem::take(&mut self.pending);
+            } else {
+                links.pending.append(&mut self.pending);
+            }
+            *self = links;
+        }
         if self.pending.is_empty() {
             return;
         }
@@ -618,6 +711,12 @@ impl Graph {
         self.links.push(edge_key(a, b), events, self.kind_of.len());
     }
 
+    /// Sorts links on a thread of their own until the next [`Graph::seal`]:
+    /// for a graph about to take many events.
+    pub fn link_in_background(&mut self) {
+        self.links.in_background();
+    }
+
     /// Merges the links added since the last call; [`Graph::links`] needs it.
     pub fn seal(&mut self) {
         self.links.merge(self.kind_of.len());
@@ -723,15 +822,13 @@ impl Graph {
         let mut nodes = std::mem::take(&mut self.scratch);
         nodes.clear();
         nodes.reserve(p.keys.len());
-        for (&key, &entry) in p.keys.iter().zip(&p.entries) {
+        for (i, &key) in p.keys.iter().enumerate() {
             let n = match self.node_of(key) {
                 Some(n) => n,
                 None => {
-                    let (kind, value) = (
-                        cols.kinds.value(entry as usize),
-                        cols.values.value(entry as usize),
-                    );
-                    self.new_node(kind, value, key, key_hash(kind, value))
+                    let entry = p.entries[i] as usize;
+                    let (kind, value) = (cols.kinds.value(entry), cols.values.value(entry));
+                    self.new_node(kind, value, key, p.hashes[i])
                 }
             };
             nodes.push(n);
@@ -804,6 +901,8 @@ pub(crate) struct Prepared {
     row_ends: Vec<u32>,
     /// The [`key128`] of each kept identifier, rows in order.
     keys: Vec<u128>,
+    /// The [`key_hash`] of each kept identifier (what a new node needs).
+    hashes: Vec<u64>,
     /// Where each kept identifier sits in the `identifiers` list's values.
     entries: Vec<u32>,
     /// Identifiers the rules block.
@@ -819,6 +918,7 @@ pub(crate) fn prepare(batch: RecordBatch, rules: &CompiledRules) -> Result<Prepa
     let total = (offsets[offsets.len() - 1] - offsets[0]) as usize;
     let mut row_ends = Vec::with_capacity(batch.num_rows());
     let mut keys = Vec::with_capacity(total);
+    let mut hashes = Vec::with_capacity(total);
     let mut entries = Vec::with_capacity(total);
     let mut blocked = 0u64;
     // A batch holds a handful of distinct kinds: each one's rule is looked
@@ -856,7 +956,11 @@ pub(crate) fn prepare(batch: RecordBatch, rules: &CompiledRules) -> Result<Prepa
                     blocked += 1;
                     continue;
                 }
-                keys.push(key128(kind, value));
+                let (key, hash) = with_key(kind, value, |b| {
+                    (xxhash_rust::xxh3::xxh3_128(b), xxh3_64(b))
+                });
+                keys.push(key);
+                hashes.push(hash);
                 entries.push(j as u32);
             }
         }
@@ -866,6 +970,7 @@ pub(crate) fn prepare(batch: RecordBatch, rules: &CompiledRules) -> Result<Prepa
         batch,
         row_ends,
         keys,
+        hashes,
         entries,
         blocked,
     })
@@ -959,19 +1064,22 @@ mod tests {
         }
     }
     proptest::proptest! {
-        /// Links added in any order, merged at any points, equal a sorted
-        /// map of summed counts.
+        /// Links added in any order, merged at any points, sorted on a
+        /// thread of their own from any point, equal a sorted map of summed
+        /// counts.
         #[test]
         fn links_equal_a_sorted_map(
-            adds in proptest::collection::vec((0u32..3000, 0u32..3000, 1u32..4, proptest::prelude::any::<bool>()), 0..600),
+            adds in proptest::collection::vec((0u32..3000, 0u32..3000, 1u32..4, 0u8..8), 0..600),
         ) {
             let mut links = Links::default();
             let mut model = std::collections::BTreeMap::new();
-            for &(a, b, events, merge_now) in &adds {
+            for &(a, b, events, then) in &adds {
                 links.push(edge_key(a, b), events, 3000);
                 *model.entry(edge_key(a, b)).or_insert(0u32) += events;
-                if merge_now {
-                    links.merge(3000);
+                match then {
+                    0 => links.merge(3000),
+                    1 => links.in_background(),
+                    _ => {}
                 }
             }
             links.merge(3000);

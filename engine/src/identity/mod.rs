@@ -194,6 +194,7 @@ impl Workspace {
                 base_nodes = Some((state.run, g.len()));
                 let before = g.events;
                 g.track = true;
+                g.link_in_background();
                 snapshot::read_files(&table, &files, &mut g, &compiled).await?;
                 g.events -= before;
                 steps.done("new events read");
@@ -213,6 +214,7 @@ impl Workspace {
                 }
                 let mut next_report = 0u64;
                 let paths = crate::store::datafiles::paths(&table)?;
+                g.link_in_background();
                 snapshot::read_paths(&table, paths, &compiled, |batch| {
                     g.add_prepared(&batch)?;
                     if g.events >= next_report {
