@@ -828,7 +828,7 @@ impl Graph {
                 None => {
                     let entry = p.entries[i] as usize;
                     let (kind, value) = (cols.kinds.value(entry), cols.values.value(entry));
-                    self.new_node(kind, value, key, p.hashes[i])
+                    self.new_node(kind, value, key, key_hash(kind, value))
                 }
             };
             nodes.push(n);
@@ -901,8 +901,6 @@ pub(crate) struct Prepared {
     row_ends: Vec<u32>,
     /// The [`key128`] of each kept identifier, rows in order.
     keys: Vec<u128>,
-    /// The [`key_hash`] of each kept identifier (what a new node needs).
-    hashes: Vec<u64>,
     /// Where each kept identifier sits in the `identifiers` list's values.
     entries: Vec<u32>,
     /// Identifiers the rules block.
@@ -918,7 +916,6 @@ pub(crate) fn prepare(batch: RecordBatch, rules: &CompiledRules) -> Result<Prepa
     let total = (offsets[offsets.len() - 1] - offsets[0]) as usize;
     let mut row_ends = Vec::with_capacity(batch.num_rows());
     let mut keys = Vec::with_capacity(total);
-    let mut hashes = Vec::with_capacity(total);
     let mut entries = Vec::with_capacity(total);
     let mut blocked = 0u64;
     // A batch holds a handful of distinct kinds: each one's rule is looked
@@ -956,11 +953,7 @@ pub(crate) fn prepare(batch: RecordBatch, rules: &CompiledRules) -> Result<Prepa
                     blocked += 1;
                     continue;
                 }
-                let (key, hash) = with_key(kind, value, |b| {
-                    (xxhash_rust::xxh3::xxh3_128(b), xxh3_64(b))
-                });
-                keys.push(key);
-                hashes.push(hash);
+                keys.push(key128(kind, value));
                 entries.push(j as u32);
             }
         }
@@ -970,7 +963,6 @@ pub(crate) fn prepare(batch: RecordBatch, rules: &CompiledRules) -> Result<Prepa
         batch,
         row_ends,
         keys,
-        hashes,
         entries,
         blocked,
     })
