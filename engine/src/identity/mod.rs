@@ -147,7 +147,9 @@ impl Workspace {
         opts: ResolveOptions,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<ResolveReport> {
-        let guard = self.identity_lock().lock().await;
+        // Shared with the snapshot's writer, which may outlive a run that
+        // fails: the next run waits for it.
+        let guard = std::sync::Arc::new(self.identity_lock().await);
         let started = Instant::now();
         let rules = match &opts.rules {
             Some(r) => r.clone(),
@@ -249,6 +251,23 @@ impl Workspace {
         }
         // Shared with the snapshot writer below.
         let g = std::sync::Arc::new(g);
+        // The snapshot's keys and links need no persons: they are written
+        // on a blocking thread while this one works the persons out (a
+        // phase that keeps one core busy); the seen times and ordinals
+        // follow once the persons are known.
+        let graph_written = (!opts.dry_run).then(|| {
+            let (dir, g, guard) = (dir.clone(), std::sync::Arc::clone(&g), guard.clone());
+            tokio::task::spawn_blocking(move || {
+                let _guard = guard;
+                let t = Instant::now();
+                let r = snapshot::write_graph(&dir, run, &g, base_nodes);
+                tracing::debug!(
+                    ms = t.elapsed().as_secs_f64() * 1e3,
+                    "snapshot keys and links written"
+                );
+                r
+            })
+        });
 
         // Components: of the whole graph, or of the raw components new events reach.
         let t = Instant::now();
@@ -405,12 +424,21 @@ impl Workspace {
                     p => persons[p as usize].ordinal,
                 })
                 .collect();
+            // The keys and links first (long done, as a rule): the seen
+            // times go into the directory they made.
+            if let Some(part) = graph_written {
+                part.await
+                    .map_err(|e| Error::Internal(format!("identity snapshot writer: {e}")))??;
+            }
             let snap = {
                 let (dir, g) = (dir.clone(), std::sync::Arc::clone(&g));
                 tokio::task::spawn_blocking(move || {
                     let t = Instant::now();
-                    let r = snapshot::write(&dir, run, &g, &ordinals, base_nodes);
-                    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "snapshot written");
+                    let r = snapshot::write_seen(&dir, run, &g, &ordinals);
+                    tracing::debug!(
+                        ms = t.elapsed().as_secs_f64() * 1e3,
+                        "snapshot seen written"
+                    );
                     r
                 })
             };

@@ -145,6 +145,7 @@ fn write_file(
 /// ordinal of node `n`'s person ([`NONE`] for none). `base`: the run whose
 /// snapshot `g` extends and its node count (an incremental run), whose key
 /// segments are carried over by hard link.
+#[cfg(test)]
 pub(crate) fn write(
     ws_dir: &Path,
     run: u64,
@@ -152,13 +153,19 @@ pub(crate) fn write(
     ordinals: &[u32],
     base: Option<(u64, usize)>,
 ) -> Result<()> {
-    if ordinals.len() != g.len() {
-        return Err(Error::Internal(format!(
-            "identity snapshot: {} ordinals for {} nodes",
-            ordinals.len(),
-            g.len()
-        )));
-    }
+    write_graph(ws_dir, run, g, base)?;
+    write_seen(ws_dir, run, g, ordinals)
+}
+
+/// The part of [`write`] that needs no persons: the keys and the links,
+/// written while the run works out its persons. The snapshot is whole once
+/// [`write_seen`] has run after it.
+pub(crate) fn write_graph(
+    ws_dir: &Path,
+    run: u64,
+    g: &Graph,
+    base: Option<(u64, usize)>,
+) -> Result<()> {
     let dir = dir_of(ws_dir, run);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -218,24 +225,6 @@ pub(crate) fn write(
             keys,
         )?;
     }
-    let seen = (0..n).step_by(CHUNK).map(|start| {
-        let end = (start + CHUNK).min(n);
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from_iter_values(
-                (start..end).map(|i| g.first_seen(i as u32)),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                (start..end).map(|i| g.last_seen(i as u32)),
-            )),
-            Arc::new(UInt32Array::from_iter(
-                ordinals[start..end]
-                    .iter()
-                    .map(|&o| (o != NONE).then_some(o)),
-            )),
-        ];
-        Ok(RecordBatch::try_new(seen_schema(), cols)?)
-    });
-    write_file(&dir.join("seen.arrow"), seen_schema(), seen)?;
     let batches = g.links().chunks(CHUNK).map(|chunk| {
         let (mut a, mut b, mut ev) = (
             Vec::with_capacity(chunk.len()),
@@ -255,8 +244,39 @@ pub(crate) fn write(
         ];
         Ok(RecordBatch::try_new(links_schema(), cols)?)
     });
-    write_file(&dir.join("links.arrow"), links_schema(), batches)?;
-    Ok(())
+    write_file(&dir.join("links.arrow"), links_schema(), batches)
+}
+
+/// The rest of [`write`]: each node's first and last seen times and its
+/// person's ordinal, into the directory [`write_graph`] made.
+pub(crate) fn write_seen(ws_dir: &Path, run: u64, g: &Graph, ordinals: &[u32]) -> Result<()> {
+    if ordinals.len() != g.len() {
+        return Err(Error::Internal(format!(
+            "identity snapshot: {} ordinals for {} nodes",
+            ordinals.len(),
+            g.len()
+        )));
+    }
+    let dir = dir_of(ws_dir, run);
+    let n = g.len();
+    let seen = (0..n).step_by(CHUNK).map(|start| {
+        let end = (start + CHUNK).min(n);
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(
+                (start..end).map(|i| g.first_seen(i as u32)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                (start..end).map(|i| g.last_seen(i as u32)),
+            )),
+            Arc::new(UInt32Array::from_iter(
+                ordinals[start..end]
+                    .iter()
+                    .map(|&o| (o != NONE).then_some(o)),
+            )),
+        ];
+        Ok(RecordBatch::try_new(seen_schema(), cols)?)
+    });
+    write_file(&dir.join("seen.arrow"), seen_schema(), seen)
 }
 
 fn reader(path: &Path) -> Result<FileReader<std::io::BufReader<std::fs::File>>> {

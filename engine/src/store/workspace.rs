@@ -78,7 +78,7 @@ pub struct Workspace {
     flushed: Notify,
     closed: AtomicBool,
     last_optimize: Mutex<Instant>,
-    identity_lock: tokio::sync::Mutex<()>,
+    identity_lock: Arc<tokio::sync::Mutex<()>>,
     tags: crate::tag::TagState,
     segments: crate::segment::SegmentState,
     analytics: crate::analytics::AnalyticsState,
@@ -177,7 +177,7 @@ impl Workspace {
             flushed: Notify::new(),
             closed: AtomicBool::new(false),
             last_optimize: Mutex::new(Instant::now()),
-            identity_lock: tokio::sync::Mutex::new(()),
+            identity_lock: Arc::new(tokio::sync::Mutex::new(())),
             tags: crate::tag::TagState::new(tags_cfg.clone()),
             segments: crate::segment::SegmentState::default(),
             analytics: crate::analytics::AnalyticsState::default(),
@@ -442,9 +442,10 @@ impl Workspace {
         &self.norm
     }
 
-    /// Held by an identity run: one at a time per workspace.
-    pub(crate) fn identity_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.identity_lock
+    /// Held by an identity run, and by any thread it left writing: one at
+    /// a time per workspace.
+    pub(crate) async fn identity_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        Arc::clone(&self.identity_lock).lock_owned().await
     }
 
     /// Whether [`Workspace::close`] ran (the workspace was dropped).
