@@ -1,5 +1,7 @@
 //! The one pass over `events` that profiles and behaviour counts come from.
 
+use std::sync::Arc;
+
 use arrow::array::{Array, AsArray, Decimal128Array, MapArray, RecordBatch, StructArray};
 use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use roaring::RoaringBitmap;
@@ -572,7 +574,7 @@ fn scan_columns(plan: &BehaviourPlan) -> Columns {
 /// covered) once, into fresh accumulators.
 pub(crate) async fn scan(
     table: &deltalake_core::DeltaTable,
-    persons: &PersonMap,
+    persons: &Arc<PersonMap>,
     plan: &BehaviourPlan,
 ) -> Result<Scan> {
     let mut s = Scan::new(persons.ordinal_space());
@@ -585,7 +587,7 @@ pub(crate) async fn scan(
 pub(crate) async fn scan_files(
     table: &deltalake_core::DeltaTable,
     paths: &[String],
-    persons: &PersonMap,
+    persons: &Arc<PersonMap>,
     plan: &BehaviourPlan,
     s: &mut Scan,
 ) -> Result<()> {
@@ -595,16 +597,52 @@ pub(crate) async fn scan_files(
 async fn read_into(
     table: &deltalake_core::DeltaTable,
     paths: Vec<deltalake_core::Path>,
-    persons: &PersonMap,
+    persons: &Arc<PersonMap>,
     plan: &BehaviourPlan,
     s: &mut Scan,
 ) -> Result<()> {
     s.grow(persons.ordinal_space());
     let mut slots = Slots::new(plan);
-    datafiles::read(table, paths, &scan_columns(plan), |batch| {
-        add_batch(s, &mut slots, &batch, persons, plan)
-    })
+    let persons = Arc::clone(persons);
+    datafiles::read_map(
+        table,
+        paths,
+        &scan_columns(plan),
+        move |batch| {
+            let owners = owners(&batch, &persons)?;
+            Ok((batch, owners))
+        },
+        |(batch, owners)| add_batch(s, &mut slots, &batch, &owners, plan),
+    )
     .await
+}
+
+/// The live owner of each event of `batch` (its strongest owned identifier's
+/// person, [`NO_OWNER`] for none): worked out on the thread that read the
+/// batch, as the owner map is only read, so the one thread that adds
+/// batches up does not probe it.
+fn owners(batch: &RecordBatch, persons: &PersonMap) -> Result<Vec<u32>> {
+    let ids = batch
+        .column_by_name("identifiers")
+        .ok_or_else(|| Error::Internal("events batch has no `identifiers`".into()))?
+        .as_list::<i32>();
+    let id_struct: &StructArray = ids.values().as_struct();
+    let id_kinds = Strings::of(id_struct.column(0).as_ref(), "identifiers.kind")?;
+    let id_values = Strings::of(id_struct.column(1).as_ref(), "identifiers.value")?;
+    let offsets = ids.value_offsets();
+    let priorities = kind_priorities(persons, &id_kinds, id_struct.len());
+    let mut ranked = Vec::new();
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            ranked.clear();
+            ranked.extend(
+                (offsets[row] as usize..offsets[row + 1] as usize)
+                    .filter(|&j| !id_struct.is_null(j))
+                    .map(|j| (priorities[j], id_kinds.value(j), id_values.value(j))),
+            );
+            persons.owner_of_ranked(&mut ranked).unwrap_or(NO_OWNER)
+        })
+        .collect())
 }
 
 /// An owner slot's "no live person holds any of the event's values".
@@ -709,7 +747,7 @@ fn add_batch(
     s: &mut Scan,
     slots: &mut Slots,
     batch: &RecordBatch,
-    persons: &PersonMap,
+    owners: &[u32],
     plan: &BehaviourPlan,
 ) -> Result<()> {
     let col = |name: &str| {
@@ -731,10 +769,6 @@ fn add_batch(
         .downcast_ref::<Decimal128Array>()
         .ok_or_else(|| Error::Internal("events `amount` is not Decimal128".into()))?
         .clone();
-    let ids = col("identifiers")?.as_list::<i32>();
-    let id_struct: &StructArray = ids.values().as_struct();
-    let id_kinds = Strings::of(id_struct.column(0).as_ref(), "identifiers.kind")?;
-    let id_values = Strings::of(id_struct.column(1).as_ref(), "identifiers.value")?;
     let props: &MapArray = col("properties")?.as_map();
     let prop_keys = arrow::compute::cast(props.keys(), &DataType::Utf8)?;
     let prop_values = arrow::compute::cast(props.values(), &DataType::Utf8)?;
@@ -760,27 +794,13 @@ fn add_batch(
             .filter(|&j| prop_values.is_valid(j))
             .map(|j| prop_values.value(j))
     };
-    let offsets = ids.value_offsets();
     let n = batch.num_rows();
     s.read += n as u64;
 
     // The batch is taken in passes, each a short loop over the rows: the
-    // random accesses of one pass (owner probes, per-person slots) do not
-    // depend on each other, so the CPU overlaps their cache misses, where
-    // one long loop body per row would wait on each in turn.
-    let priorities = kind_priorities(persons, &id_kinds, id_struct.len());
-    let mut ranked = Vec::new();
-    let owners: Vec<u32> = (0..n)
-        .map(|row| {
-            ranked.clear();
-            ranked.extend(
-                (offsets[row] as usize..offsets[row + 1] as usize)
-                    .filter(|&j| !id_struct.is_null(j))
-                    .map(|j| (priorities[j], id_kinds.value(j), id_values.value(j))),
-            );
-            persons.owner_of_ranked(&mut ranked).unwrap_or(NO_OWNER)
-        })
-        .collect();
+    // random accesses of one pass (per-person slots) do not depend on each
+    // other, so the CPU overlaps their cache misses, where one long loop
+    // body per row would wait on each in turn.
     let rows: Vec<usize> = (0..n).filter(|&r| owners[r] != NO_OWNER).collect();
     s.unattributed += (n - rows.len()) as u64;
     let micros = times.values();

@@ -62,20 +62,11 @@ pub(crate) fn paths_of_adds(paths: &[String]) -> Result<Vec<StorePath>> {
 
 /// Calls `f` with every batch of the data files `paths` of `table`, reading
 /// `columns` (not partition columns, which data files do not hold) on a
-/// thread per core. Batches arrive in no fixed order; the first error, a
-/// reader's or `f`'s, stops the reading and is returned.
-pub(crate) async fn read(
-    table: &DeltaTable,
-    paths: Vec<StorePath>,
-    columns: &Columns,
-    f: impl FnMut(RecordBatch) -> Result<()>,
-) -> Result<()> {
-    read_map(table, paths, columns, Ok, f).await
-}
-
-/// [`read`], with `map` applied to every batch on the thread that read it:
-/// work that needs no shared state (hashing, checks) runs on every core
-/// instead of on the consumer's.
+/// thread per core, and `map` applied to it on the thread that read it: work
+/// that needs no mutable state (hashing, checks, lookups in a shared map)
+/// runs on every core instead of on the consumer's. Batches arrive in no
+/// fixed order; the first error, a reader's, `map`'s or `f`'s, stops the
+/// reading and is returned.
 pub(crate) async fn read_map<T: Send + 'static>(
     table: &DeltaTable,
     paths: Vec<StorePath>,

@@ -160,6 +160,8 @@ impl Workspace {
         let mut t = Instant::now();
         // Persons: who owns each value after OneID's last run.
         let (identity, persons) = self.resolved_persons(&rules).await?;
+        // Shared with the scan's reading threads and the trait tasks.
+        let persons = Arc::new(persons);
         let events_version = identity.events_version.unwrap_or(0);
         phase("persons", &mut t);
 
@@ -220,7 +222,6 @@ impl Workspace {
         });
 
         // Traits and profile tables.
-        let persons = Arc::new(persons);
         let scan = Arc::new(scan);
         let derived = {
             let (p, s) = (persons.clone(), scan.clone());
