@@ -72,9 +72,10 @@ impl Links {
                     .unwrap_or_else(|| Vec::with_capacity(PENDING_MIN));
                 let run = std::mem::replace(&mut self.pending, fresh);
                 if let Err(std::sync::mpsc::SendError((run, _))) = w.runs.send((run, nodes)) {
-                    // The thread is gone (it panicked): `merge` reports it;
-                    // keep the run meanwhile.
-                    self.pending = run;
+                    // The thread is gone (only a panic ends it early): take
+                    // it back, which passes its panic on to this thread.
+                    self.pending.extend_from_slice(&run);
+                    self.take_back();
                 }
             }
             None if self.pending.len() >= PENDING_MIN.max(self.sorted.len() / 2) => {
@@ -128,22 +129,28 @@ impl Links {
         }
     }
 
+    /// Ends the background thread, if one runs, and takes its links back
+    /// (its pending run ahead of this one's). A panic on that thread is
+    /// passed on to this one.
+    fn take_back(&mut self) {
+        let Some(w) = self.worker.take() else { return };
+        drop(w.runs);
+        let mut links = match w.thread.join() {
+            Ok(links) => links,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        if links.pending.is_empty() {
+            links.pending = std::mem::take(&mut self.pending);
+        } else {
+            links.pending.append(&mut self.pending);
+        }
+        *self = links;
+    }
+
     /// Sorts the pending occurrences, adds up repeats and merges them in
     /// (taking the background thread's links back first, if one runs).
     fn merge(&mut self, nodes: usize) {
-        if let Some(w) = self.worker.take() {
-            drop(w.runs);
-            let mut links = match w.thread.join() {
-                Ok(links) => links,
-                Err(panic) => std::panic::resume_unwind(panic),
-            };
-            if links.pending.is_empty() {
-                links.pending = std::mem::take(&mut self.pending);
-            } else {
-                links.pending.append(&mut self.pending);
-            }
-            *self = links;
-        }
+        self.take_back();
         if self.pending.is_empty() {
             return;
         }
