@@ -701,6 +701,8 @@ impl Graph {
     /// Adds links given in key order without duplicates (as a snapshot holds
     /// them) in one step; links in any other order are added one by one.
     pub fn add_sorted_links(&mut self, links: Vec<(u64, u32)>) {
+        // Links sorted in the background are this thread's again first.
+        self.links.take_back();
         let n = self.kind_of.len();
         let strictly_sorted = links.windows(2).all(|w| w[0].0 < w[1].0);
         if strictly_sorted && self.links.sorted.is_empty() && self.links.pending.is_empty() {
@@ -737,7 +739,7 @@ impl Graph {
     /// of the graph.
     pub fn links(&self) -> &[(u64, u32)] {
         assert!(
-            self.links.pending.is_empty(),
+            self.links.pending.is_empty() && self.links.worker.is_none(),
             "identity graph read before it was sealed"
         );
         &self.links.sorted
@@ -1103,6 +1105,158 @@ mod tests {
         assert_eq!(g.links(), [(edge_key(a, b), 2)]);
         assert_eq!((g.first_seen(a), g.last_seen(a)), (5, 10));
         assert_eq!(edge_ends(edge_key(b, a)), (a, b));
+    }
+
+    /// An event's time and identifiers (`None`: a null list), each a
+    /// `(kind, value)` that may be null.
+    type Row<'a> = (i64, Option<&'a [(Option<&'a str>, Option<&'a str>)]>);
+
+    /// An `event_time, identifiers` batch, the identifiers' kinds plain or
+    /// as a dictionary (as the data files are read).
+    fn id_batch(rows: &[Row], dict: bool) -> RecordBatch {
+        use arrow::array::{
+            ArrayBuilder, ListBuilder, StringBuilder, StringDictionaryBuilder, StructBuilder,
+            TimestampMicrosecondArray,
+        };
+        use arrow::datatypes::{Field, Schema};
+        let kind_type = if dict {
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+        } else {
+            DataType::Utf8
+        };
+        let fields = vec![
+            Field::new("kind", kind_type, true),
+            Field::new("value", DataType::Utf8, true),
+        ];
+        let kinds: Box<dyn ArrayBuilder> = if dict {
+            Box::new(StringDictionaryBuilder::<Int32Type>::new())
+        } else {
+            Box::new(StringBuilder::new())
+        };
+        let mut list = ListBuilder::new(StructBuilder::new(
+            fields,
+            vec![kinds, Box::new(StringBuilder::new())],
+        ));
+        for (_, ids) in rows {
+            let Some(ids) = ids else {
+                list.append(false);
+                continue;
+            };
+            for &(k, v) in *ids {
+                let entry = list.values();
+                if dict {
+                    entry
+                        .field_builder::<StringDictionaryBuilder<Int32Type>>(0)
+                        .unwrap()
+                        .append_option(k);
+                } else {
+                    entry
+                        .field_builder::<StringBuilder>(0)
+                        .unwrap()
+                        .append_option(k);
+                }
+                entry
+                    .field_builder::<StringBuilder>(1)
+                    .unwrap()
+                    .append_option(v);
+                entry.append(true);
+            }
+            list.append(true);
+        }
+        let times = TimestampMicrosecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
+        let ids = list.finish();
+        let schema = Schema::new(vec![
+            Field::new("event_time", times.data_type().clone(), false),
+            Field::new("identifiers", ids.data_type().clone(), true),
+        ]);
+        RecordBatch::try_new(
+            std::sync::Arc::new(schema),
+            vec![std::sync::Arc::new(times), std::sync::Arc::new(ids)],
+        )
+        .unwrap()
+    }
+
+    /// What the reading threads prepare and the graph thread adds equals
+    /// interning and adding each event in turn: the same nodes in the same
+    /// order, seen times, links, events and blocked values, with the
+    /// identifiers' kinds plain or as a dictionary, the links sorted here or
+    /// on a thread of their own.
+    #[test]
+    fn prepared_batches_equal_events_added_one_by_one() {
+        let rules = crate::identity::rules::IdentityRules::from_toml(
+            "[kinds.phone]\nblocklist = ['+8613800000000']\npatterns = ['^\\+861390000\\d{4}$']\n",
+        )
+        .unwrap()
+        .compile()
+        .unwrap();
+        let (a, b, d) = (
+            (Some("phone"), Some("+8613800138000")),
+            (Some("email"), Some("b@example.com")),
+            (Some("device"), Some("d1")),
+        );
+        let (r0, r3) = ([a, b, a], [(None, Some("x")), (Some("email"), None), d]);
+        let r4 = [
+            (Some("phone"), Some("+8613800000000")),
+            (Some("phone"), Some("+8613900001234")),
+        ];
+        let r5 = [b, d, (Some("openid"), Some("wx1:o1"))];
+        let r6 = [(Some("phone"), Some("+8613900001234")), a];
+        let rows: Vec<Row> = vec![
+            (10, Some(&r0)),
+            (5, None),
+            (7, Some(&[])),
+            (8, Some(&r3)),
+            (9, Some(&r4)),
+            (3, Some(&r5)),
+            (12, Some(&r6)),
+        ];
+        // The model: each event interned and added in turn.
+        let mut want = Graph::default();
+        for &(time, ids) in &rows {
+            let mut nodes = Vec::new();
+            for &(k, v) in ids.unwrap_or_default() {
+                let (Some(k), Some(v)) = (k, v) else { continue };
+                if rules.kind(k).blocked(v) {
+                    want.blocked += 1;
+                } else {
+                    nodes.push(want.intern(k, v));
+                }
+            }
+            if !nodes.is_empty() {
+                want.add_event(&mut nodes, time);
+            }
+        }
+        want.seal();
+        for (dict, background) in [(false, false), (true, false), (true, true), (false, true)] {
+            let mut g = Graph::default();
+            if background {
+                g.link_in_background();
+            }
+            // Two batches, as two files would give them.
+            let (first, second) = rows.split_at(3);
+            for part in [first, second] {
+                g.add_prepared(&prepare(id_batch(part, dict), &rules).unwrap())
+                    .unwrap();
+            }
+            g.seal();
+            let what = format!("dict {dict}, background {background}");
+            assert_eq!(g.len(), want.len(), "{what}");
+            for n in 0..g.len() as u32 {
+                assert_eq!(
+                    (g.kind(n), g.value(n), g.key(n), g.key_hash(n)),
+                    (want.kind(n), want.value(n), want.key(n), want.key_hash(n)),
+                    "{what}: node {n}"
+                );
+                assert_eq!(
+                    (g.first_seen(n), g.last_seen(n)),
+                    (want.first_seen(n), want.last_seen(n)),
+                    "{what}: node {n}"
+                );
+            }
+            assert_eq!(g.links(), want.links(), "{what}");
+            assert_eq!((g.events, g.blocked), (want.events, want.blocked), "{what}");
+            assert_eq!((g.events, g.blocked), (4, 3), "{what}");
+        }
     }
 
     #[test]

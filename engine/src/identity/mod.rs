@@ -424,22 +424,28 @@ impl Workspace {
                     p => persons[p as usize].ordinal,
                 })
                 .collect();
-            // The keys and links first (long done, as a rule): the seen
-            // times go into the directory they made.
-            if let Some(part) = graph_written {
-                part.await
-                    .map_err(|e| Error::Internal(format!("identity snapshot writer: {e}")))??;
-            }
+            // The seen times go into the directory the keys and links made,
+            // once those are written; the tables do not wait for either.
             let snap = {
-                let (dir, g) = (dir.clone(), std::sync::Arc::clone(&g));
-                tokio::task::spawn_blocking(move || {
-                    let t = Instant::now();
-                    let r = snapshot::write_seen(&dir, run, &g, &ordinals);
-                    tracing::debug!(
-                        ms = t.elapsed().as_secs_f64() * 1e3,
-                        "snapshot seen written"
-                    );
-                    r
+                let (dir, g, guard) = (dir.clone(), std::sync::Arc::clone(&g), guard.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    if let Some(part) = graph_written {
+                        part.await.map_err(|e| {
+                            Error::Internal(format!("identity snapshot writer: {e}"))
+                        })??;
+                    }
+                    tokio::task::spawn_blocking(move || {
+                        let t = Instant::now();
+                        let r = snapshot::write_seen(&dir, run, &g, &ordinals);
+                        tracing::debug!(
+                            ms = t.elapsed().as_secs_f64() * 1e3,
+                            "snapshot seen written"
+                        );
+                        r
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("identity snapshot writer: {e}")))?
                 })
             };
             let outputs = tables::write_outputs(

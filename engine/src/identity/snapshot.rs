@@ -372,10 +372,13 @@ pub(crate) fn read_owners(ws_dir: &Path, run: u64) -> Result<Option<Owners>> {
 /// Reads the snapshot of run `run`, if it is there.
 pub(crate) fn read(ws_dir: &Path, run: u64) -> Result<Option<Snapshot>> {
     let dir = dir_of(ws_dir, run);
-    if !dir.join("links.arrow").is_file() {
+    // A snapshot is whole once its seen times are written, after its links
+    // (`nodes.arrow`, the old format, holds them itself).
+    let old_format = dir.join("nodes.arrow").is_file();
+    if !dir.join("links.arrow").is_file() || !(old_format || dir.join("seen.arrow").is_file()) {
         return Ok(None);
     }
-    let (mut g, ordinals) = if dir.join("nodes.arrow").is_file() {
+    let (mut g, ordinals) = if old_format {
         read_nodes(&dir)?
     } else {
         read_segments(&dir)?
