@@ -197,6 +197,10 @@ impl Engine {
                 what: "workspace",
                 name: name.into(),
             })?;
+        // An identity run, or a snapshot writer a failed one left behind,
+        // finishes before the directory goes (the identity lock first, as a
+        // run takes it before it flushes).
+        let _i = ws.identity_lock().await;
         let _w = ws.write_guard().await;
         ws.close();
         let dir = ws.dir().to_path_buf();
