@@ -280,3 +280,65 @@ async fn a_flush_writes_one_file_per_date_with_its_rows() {
         assert!(time.starts_with(&want[..10]), "{id}: {time}");
     }
 }
+
+/// `datafiles::read_map` hands every row to the consumer once, mapped on
+/// the reading threads; a `map` that fails stops the read with its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_map_maps_every_batch_and_stops_on_a_mapping_error() {
+    use crate::store::datafiles;
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, ws) = open_shop(dir.path(), |_| {}).await;
+    // Three flushes: at least three data files, read by both threads.
+    for b in 0..3 {
+        let ids: Vec<String> = (0..25).map(|i| format!("m{b}-{i}")).collect();
+        ws.ingest(purchases(&ids).into_iter()).await.unwrap();
+        ws.flush().await.unwrap();
+    }
+    let (table, _) = ws.read_view();
+    let columns = datafiles::Columns {
+        names: vec!["event_id".into()],
+        dictionary: Vec::new(),
+    };
+    let mut seen = Vec::new();
+    datafiles::read_map(
+        &table,
+        datafiles::paths(&table).unwrap(),
+        &columns,
+        |batch| {
+            Ok(batch
+                .column(0)
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or_default().to_uppercase())
+                .collect::<Vec<_>>())
+        },
+        |ids| {
+            seen.extend(ids);
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    seen.sort();
+    let mut want: Vec<String> = (0..3)
+        .flat_map(|b| (0..25).map(move |i| format!("M{b}-{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(seen, want);
+
+    let calls = AtomicUsize::new(0);
+    let err = datafiles::read_map(
+        &table,
+        datafiles::paths(&table).unwrap(),
+        &columns,
+        |_batch| -> crate::Result<()> { Err(crate::Error::Internal("no such mapping".into())) },
+        |()| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("no such mapping"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
