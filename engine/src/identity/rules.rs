@@ -184,8 +184,7 @@ impl CompiledKind {
 
     /// Whether `value` is blocklisted or matches a pattern.
     pub fn blocked(&self, value: &str) -> bool {
-        (!self.blocklist.is_empty() && self.blocklist.contains(value))
-            || self.patterns.as_ref().is_some_and(|p| p.is_match(value))
+        self.blocklist.contains(value) || self.patterns.as_ref().is_some_and(|p| p.is_match(value))
     }
 }
 
