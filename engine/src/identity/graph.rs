@@ -773,20 +773,15 @@ impl Graph {
     /// Records one event carrying `nodes` (deduplicated here) at `time` (µs).
     #[cfg(test)]
     pub fn add_event(&mut self, nodes: &mut Vec<u32>, time: i64) {
-        self.events += 1;
-        nodes.sort_unstable();
-        nodes.dedup();
-        if self.track {
-            self.touched.extend_from_slice(nodes);
-        }
         for &n in nodes.iter() {
             let seen = &mut self.seen[n as usize];
             *seen = (seen.0.min(time), seen.1.max(time));
         }
-        self.push_links(nodes);
+        self.link_event(nodes);
     }
 
-    /// Records one event carrying `nodes` whose seen times are updated.
+    /// Records one event carrying `nodes` (deduplicated here) whose seen
+    /// times are updated: counts it and links its nodes.
     fn link_event(&mut self, nodes: &mut Vec<u32>) {
         self.events += 1;
         nodes.sort_unstable();
@@ -794,11 +789,6 @@ impl Graph {
         if self.track {
             self.touched.extend_from_slice(nodes);
         }
-        self.push_links(nodes);
-    }
-
-    /// Links the nodes of one event (sorted, distinct).
-    fn push_links(&mut self, nodes: &[u32]) {
         let n = self.kind_of.len();
         if nodes.len() <= CLIQUE_MAX {
             for (i, &a) in nodes.iter().enumerate() {
