@@ -393,9 +393,14 @@ pub(super) fn name_field<'a>(
     if v.is_empty() {
         return Err(reject(row, field, "", "missing"));
     }
+    // One pass over the bytes: a byte of a multi-byte character is not
+    // ASCII, so it fails the check as its character would.
+    let mut upper = false;
     let ok = v.len() <= 64
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        && v.bytes().all(|b| {
+            upper |= b.is_ascii_uppercase();
+            b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
+        });
     if !ok {
         return Err(reject(
             row,
@@ -404,7 +409,7 @@ pub(super) fn name_field<'a>(
             "must be at most 64 letters, digits, `_`, `-` or `.`",
         ));
     }
-    Ok(if v.bytes().any(|b| b.is_ascii_uppercase()) {
+    Ok(if upper {
         Cow::Owned(v.to_ascii_lowercase())
     } else {
         Cow::Borrowed(v)
@@ -602,6 +607,18 @@ mod tests {
             .as_primitive::<arrow::datatypes::Date32Type>()
             .value(0);
         assert_eq!(date, 20513); // 2026-03-01 (12:34:56 UTC)
+    }
+
+    #[test]
+    fn names() {
+        let name = |v: &str| name_field(3, "channel", Some(v)).map(|c| c.into_owned());
+        assert_eq!(name(" POS ").as_deref(), Ok("pos"));
+        assert_eq!(name("mini_program-2.0").as_deref(), Ok("mini_program-2.0"));
+        assert_eq!(name(&"a".repeat(64)).map(|c| c.len()), Ok(64));
+        for bad in ["a b", "门店", "posé", "", "   ", &"a".repeat(65)] {
+            let e = name(bad).expect_err(bad);
+            assert_eq!((e.row, e.field.as_str()), (3, "channel"), "{bad}");
+        }
     }
 
     #[test]
