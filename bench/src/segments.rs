@@ -289,14 +289,14 @@ async fn in_process(data: &Path, now_ms: i64, runs: usize) -> anyhow::Result<(Ve
         let (mut answer, mut cold) = (None, f64::NAN);
         for i in 0..=runs {
             let t = Instant::now();
-            let a = ws.audience(&e, opts)?;
+            let n = ws.count(&e, opts)?.members;
             let took = t.elapsed().as_secs_f64() * 1000.0;
             if i > 0 {
                 ms.push(took);
             } else {
                 cold = took;
             }
-            answer = Some(Answer::Count(a.members.len()));
+            answer = Some(Answer::Count(n));
         }
         rows.push(Row {
             system: "Quiver in-process".into(),
@@ -304,7 +304,7 @@ async fn in_process(data: &Path, now_ms: i64, runs: usize) -> anyhow::Result<(Ve
             timing: timing(ms),
             answer,
             note: format!(
-                "Workspace::audience on the loaded index; first call {cold:.3} ms (leaf results not yet kept)"
+                "Workspace::count on the loaded index; first call {cold:.3} ms (leaf results not yet kept)"
             ),
         });
     }

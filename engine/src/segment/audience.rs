@@ -146,11 +146,13 @@ pub struct AudienceOptions {
     pub as_of: Option<NaiveDate>,
 }
 
-/// An evaluated audience.
+/// An evaluated audience: its members ([`Audience`]) or how many they are
+/// (`Evaluated<u64>`, from [`Workspace::count`]), and what they were
+/// evaluated on.
 #[derive(Debug, Clone)]
-pub struct Audience {
-    /// Members (person ordinals).
-    pub members: RoaringBitmap,
+pub struct Evaluated<M> {
+    /// Members (person ordinals), or their number.
+    pub members: M,
     /// Live persons of the index version.
     pub persons: u64,
     /// The index version evaluated.
@@ -162,6 +164,9 @@ pub struct Audience {
     /// Time spent evaluating (bitmap work only, index already loaded).
     pub elapsed: Duration,
 }
+
+/// An evaluated audience with its members.
+pub type Audience = Evaluated<RoaringBitmap>;
 
 /// One row of a breakdown.
 #[derive(Debug, Clone, PartialEq)]
@@ -296,6 +301,22 @@ impl Workspace {
 
     /// Evaluates `e`: its members among the live persons.
     pub fn audience(&self, e: &Expr, opts: AudienceOptions) -> Result<Audience> {
+        self.evaluated(e, opts, super::evaluate_cached)
+    }
+
+    /// How many live persons `e` has: [`Workspace::audience`]'s size,
+    /// without building the member list where the last step can be an
+    /// intersection's size.
+    pub fn count(&self, e: &Expr, opts: AudienceOptions) -> Result<Evaluated<u64>> {
+        self.evaluated(e, opts, super::count_cached)
+    }
+
+    fn evaluated<M>(
+        &self,
+        e: &Expr,
+        opts: AudienceOptions,
+        evaluate: impl FnOnce(&Expr, &IndexSet, i32, &super::KeptResults) -> Result<M>,
+    ) -> Result<Evaluated<M>> {
         let e = self.inlined(e)?;
         let index = self.audience_index(opts.as_of)?;
         let now = match (opts.now, opts.as_of) {
@@ -305,8 +326,8 @@ impl Workspace {
         };
         let started = Instant::now();
         let kept = &self.segment_state().kept;
-        let members = super::evaluate_cached(&e, &index, now.div_euclid(DAY_US) as i32, kept)?;
-        Ok(Audience {
+        let members = evaluate(&e, &index, now.div_euclid(DAY_US) as i32, kept)?;
+        Ok(Evaluated {
             members,
             persons: index.live.len(),
             index_version: index.version,

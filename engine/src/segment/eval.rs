@@ -14,11 +14,15 @@
 //!   index, the literal scaled to the trait's decimals;
 //! - `did(...)` sums the per-day behaviour counts of the window;
 //! - a server keeps the members over all live persons of each at-least
-//!   window and each numeric comparison per index version
+//!   window, each numeric comparison and each `IN` list per index version
 //!   ([`KeptResults`]): the first question pays for the leaf over everyone,
 //!   later ones (any scope) intersect one bitmap. Operands that are whole
 //!   bitmaps (tags, enumerated values, kept leaves) are combined in place,
-//!   the first two with each other before the scope.
+//!   the first two with each other before the scope, and not with the live
+//!   persons at all when one of them holds only live persons (a kept leaf
+//!   always does; an index bitmap is checked once per version);
+//! - a count ([`count_cached`]) builds no member list for its last step: a
+//!   last `AND` operand or `NOT` is an intersection's size.
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -89,6 +93,23 @@ pub(crate) fn evaluate_cached(
     .eval(e, &index.live)
 }
 
+/// How many live persons [`evaluate_cached`] would return, without building
+/// the member list where the last step can be a size: `|acc ∩ x|` for a
+/// last `AND` operand, `|acc| − |acc ∩ x|` for a last `NOT x`.
+pub(crate) fn count_cached(
+    e: &Expr,
+    index: &IndexSet,
+    now_day: i32,
+    kept: &KeptResults,
+) -> Result<u64> {
+    Eval {
+        index,
+        now_day,
+        kept: Some(kept),
+    }
+    .count(e, &index.live)
+}
+
 /// A leaf whose members over all live persons can be kept.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Leaf {
@@ -96,6 +117,8 @@ enum Leaf {
     Window(BehaviourKey, i32, i32, u64),
     /// A numeric trait compared with a scaled constant.
     Number(String, Compare, i64),
+    /// An enumerated field `IN` a list of values (sorted, no repeats).
+    In(String, Vec<String>),
 }
 
 /// Members of leaves (windows, numeric comparisons) over all live persons,
@@ -112,6 +135,9 @@ struct Kept {
     version: u64,
     bytes: usize,
     bitmaps: std::collections::HashMap<Leaf, Arc<RoaringBitmap>>,
+    /// Index bitmaps (by name) checked against the live persons: `true`
+    /// when they hold no one else.
+    within: std::collections::HashMap<String, bool>,
 }
 
 impl KeptResults {
@@ -152,13 +178,60 @@ impl KeptResults {
         }
         Ok(b)
     }
+
+    /// Whether the index bitmap `b`, named `name`, holds only persons of
+    /// `index.live`: checked once per index version.
+    fn within_live(&self, index: &IndexSet, name: &str, b: &RoaringBitmap) -> bool {
+        {
+            let kept = self.map.lock();
+            if kept.version == index.version
+                && let Some(&within) = kept.within.get(name)
+            {
+                return within;
+            }
+        }
+        let within = b.is_subset(&index.live);
+        let mut kept = self.map.lock();
+        if kept.version != index.version {
+            *kept = Kept {
+                version: index.version,
+                ..Kept::default()
+            };
+        }
+        kept.within.insert(name.to_string(), within);
+        within
+    }
 }
 
-/// A leaf's members, not confined to any scope: a bitmap of the index, or
-/// one kept over all live persons.
+/// A leaf's members, not confined to any scope: a bitmap of the index
+/// (with whether it holds only live persons), or one kept over all live
+/// persons.
 enum Whole<'a> {
-    Index(&'a RoaringBitmap),
+    Index(&'a RoaringBitmap, bool),
     Kept(Arc<RoaringBitmap>),
+}
+
+impl Whole<'_> {
+    /// Whether every member is a live person.
+    fn within_live(&self) -> bool {
+        match self {
+            Whole::Index(_, within) => *within,
+            Whole::Kept(_) => true,
+        }
+    }
+}
+
+/// What an evaluation is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Members,
+    Count,
+}
+
+/// What it gives.
+enum Got {
+    Members(RoaringBitmap),
+    Count(u64),
 }
 
 impl std::ops::Deref for Whole<'_> {
@@ -166,7 +239,7 @@ impl std::ops::Deref for Whole<'_> {
 
     fn deref(&self) -> &RoaringBitmap {
         match self {
-            Whole::Index(b) => b,
+            Whole::Index(b, _) => b,
             Whole::Kept(b) => b,
         }
     }
@@ -238,6 +311,16 @@ impl Eval<'_> {
                 let (op, c) = number_op(field, *cmp, value, n.scale).ok()??;
                 Some(Leaf::Number(field.clone(), op, c))
             }
+            Expr::In {
+                field,
+                values,
+                negated: false,
+            } if self.index.enums.contains_key(field) => {
+                let mut values: Vec<String> = values.iter().map(literal_text).collect();
+                values.sort_unstable();
+                values.dedup();
+                Some(Leaf::In(field.clone(), values))
+            }
             _ => None,
         }
     }
@@ -274,6 +357,20 @@ impl Eval<'_> {
                 kept.get_or_insert(version, leaf, || Ok(num.bsi.compare_in(op, c, &index.live)))
                     .map(Some)
             }
+            Leaf::In(field, values) => {
+                let Some(by_value) = index.enums.get(field) else {
+                    return Ok(None);
+                };
+                if let Some(b) = kept.get(version, &leaf) {
+                    return Ok(Some(b));
+                }
+                let mut hit = RoaringBitmap::new();
+                for b in values.iter().filter_map(|v| by_value.get(v)) {
+                    hit |= b;
+                }
+                hit &= &index.live;
+                kept.get_or_insert(version, leaf, || Ok(hit)).map(Some)
+            }
         }
     }
 
@@ -282,7 +379,13 @@ impl Eval<'_> {
     /// or a kept leaf (computed now if new).
     fn whole(&self, e: &Expr) -> Result<Option<Whole<'_>>> {
         let value = match e {
-            Expr::Tag { name } => return Ok(self.index.tags.get(name).map(Whole::Index)),
+            Expr::Tag { name } => {
+                return Ok(self
+                    .index
+                    .tags
+                    .get(name)
+                    .map(|b| self.index_whole(&format!("tag {name}"), b)));
+            }
             Expr::Compare {
                 field,
                 cmp: Cmp::Eq,
@@ -298,17 +401,26 @@ impl Eval<'_> {
             _ => None,
         };
         if let Some((field, value)) = value {
+            let value = literal_text(value);
             return Ok(self
                 .index
                 .enums
                 .get(field)
-                .and_then(|m| m.get(&literal_text(value)))
-                .map(Whole::Index));
+                .and_then(|m| m.get(&value))
+                .map(|b| self.index_whole(&format!("{field} = {value}"), b)));
         }
         match self.leaf(e) {
             Some(leaf) => Ok(self.keep(leaf)?.map(Whole::Kept)),
             None => Ok(None),
         }
+    }
+
+    /// An index bitmap as a whole operand.
+    fn index_whole<'s>(&self, name: &str, b: &'s RoaringBitmap) -> Whole<'s> {
+        let within = self
+            .kept
+            .is_some_and(|k| k.within_live(self.index, name, b));
+        Whole::Index(b, within)
     }
 
     /// Whether `e` costs more than a few bitmap operations: a bit-slice walk
@@ -336,7 +448,10 @@ impl Eval<'_> {
     /// than it has to.
     fn eval(&self, e: &Expr, scope: &RoaringBitmap) -> Result<RoaringBitmap> {
         match e {
-            Expr::And { args } => self.and(args, scope),
+            Expr::And { args } => match self.and(args, scope, Want::Members)? {
+                Got::Members(m) => Ok(m),
+                Got::Count(_) => Err(Error::Internal("an AND asked for members counted".into())),
+            },
             Expr::Or { args } => {
                 let mut acc = RoaringBitmap::new();
                 for a in args {
@@ -384,14 +499,31 @@ impl Eval<'_> {
         }
     }
 
+    /// How many members `e` has within `scope`: [`Eval::eval`]'s size,
+    /// with no member list built for a last step that can be a size.
+    fn count(&self, e: &Expr, scope: &RoaringBitmap) -> Result<u64> {
+        match e {
+            Expr::And { args } => match self.and(args, scope, Want::Count)? {
+                Got::Count(n) => Ok(n),
+                Got::Members(m) => Ok(m.len()),
+            },
+            // `eval(arg, scope)` is within `scope`.
+            Expr::Not { arg } => Ok(scope.len() - self.count(arg, scope)?),
+            Expr::Tag { name } => Ok(self.tag(name)?.intersection_len(scope)),
+            _ => Ok(self.eval(e, scope)?.len()),
+        }
+    }
+
     /// `AND` within `scope`: cheap operands before costly ones (bit-slice
     /// walks, window sums), so those run on what is left; within each,
     /// positive operands smallest first, then every `NOT x` as a difference.
     /// Operands that are whole bitmaps (tags, enumerated values, kept
     /// leaves) are intersected or subtracted in place, and the first two of
-    /// them with each other before the scope: one operation each, with no
-    /// copy of an operand.
-    fn and(&self, args: &[Expr], scope: &RoaringBitmap) -> Result<RoaringBitmap> {
+    /// them with each other before the scope (not at all when the scope is
+    /// the live persons and one of the two holds only live persons): one
+    /// operation each, with no copy of an operand. Asked for a count, the
+    /// last step is a size where it can be.
+    fn and(&self, args: &[Expr], scope: &RoaringBitmap, want: Want) -> Result<Got> {
         let mut steps: Vec<(bool, bool, u64, &Expr)> = args
             .iter()
             .map(|a| match a {
@@ -400,18 +532,32 @@ impl Eval<'_> {
             })
             .collect();
         steps.sort_by_key(|&(costly, negated, size, _)| (costly, negated, size));
+        let last = steps.len().saturating_sub(1);
+        let live = self.kept.is_some() && std::ptr::eq(scope, &self.index.live);
+        // Whether a whole operand needs no confining to `scope`.
+        let confined = |w: &Whole<'_>| live && w.within_live();
         // The members so far (within `scope`), or the first whole operand
         // not yet confined to it.
         let mut acc: Option<RoaringBitmap> = None;
         let mut first: Option<Whole<'_>> = None;
-        for (_, negated, _, a) in steps {
+        for (k, (_, negated, _, a)) in steps.into_iter().enumerate() {
+            let count = want == Want::Count && k == last;
             if !negated && let Some(w) = self.whole(a)? {
                 match (&mut acc, first.take()) {
+                    (Some(acc), _) if count => return Ok(Got::Count(acc.intersection_len(&w))),
                     (Some(acc), _) => *acc &= &*w,
                     (None, None) => first = Some(w),
+                    (None, Some(f)) if count && (confined(&f) || confined(&w)) => {
+                        return Ok(Got::Count(f.intersection_len(&w)));
+                    }
                     (None, Some(f)) => {
                         let mut both = &*f & &*w;
-                        both &= scope;
+                        if count {
+                            return Ok(Got::Count(both.intersection_len(scope)));
+                        }
+                        if !(confined(&f) || confined(&w)) {
+                            both &= scope;
+                        }
                         acc = Some(both);
                     }
                 }
@@ -421,25 +567,42 @@ impl Eval<'_> {
                 continue;
             }
             if let Some(f) = first.take() {
-                acc = Some(&*f & scope);
+                acc = Some(if confined(&f) {
+                    (*f).clone()
+                } else {
+                    &*f & scope
+                });
             }
             let within = acc.as_ref().unwrap_or(scope);
             if within.is_empty() {
                 break;
             }
             if negated && let Some(w) = self.whole(a)? {
+                if count {
+                    return Ok(Got::Count(within.len() - within.intersection_len(&w)));
+                }
                 let mut rest = acc.take().unwrap_or_else(|| scope.clone());
                 rest -= &*w;
                 acc = Some(rest);
                 continue;
             }
+            if count {
+                // Within `within`, so its size is what it takes away.
+                let hit = self.count(a, within)?;
+                return Ok(Got::Count(if negated { within.len() - hit } else { hit }));
+            }
             let hit = self.eval(a, within)?;
             acc = Some(if negated { within - hit } else { hit });
         }
-        Ok(match (acc, first) {
-            (Some(acc), _) => acc,
-            (None, Some(f)) => &*f & scope,
-            (None, None) => scope.clone(),
+        Ok(match (want, acc, first) {
+            (Want::Count, Some(acc), _) => Got::Count(acc.len()),
+            (Want::Count, None, Some(f)) if confined(&f) => Got::Count(f.len()),
+            (Want::Count, None, Some(f)) => Got::Count(f.intersection_len(scope)),
+            (Want::Count, None, None) => Got::Count(scope.len()),
+            (Want::Members, Some(acc), _) => Got::Members(acc),
+            (Want::Members, None, Some(f)) if confined(&f) => Got::Members((*f).clone()),
+            (Want::Members, None, Some(f)) => Got::Members(&*f & scope),
+            (Want::Members, None, None) => Got::Members(scope.clone()),
         })
     }
 

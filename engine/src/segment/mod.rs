@@ -24,9 +24,10 @@ mod tests;
 pub use ast::{Cmp, Did, Expr, Literal, Window};
 pub(crate) use audience::SegmentState;
 pub use audience::{
-    Audience, AudienceOptions, Breakdown, BreakdownRow, IdHash, Overlap, SnapshotDiff, SplitGroup,
+    Audience, AudienceOptions, Breakdown, BreakdownRow, Evaluated, IdHash, Overlap, SnapshotDiff,
+    SplitGroup,
 };
-pub(crate) use eval::{KeptResults, evaluate_cached};
+pub(crate) use eval::{KeptResults, count_cached, evaluate_cached};
 pub use eval::{day_number, evaluate, near};
 pub use parse::{ParseError, parse};
 pub use saved::{SavedSegment, SnapshotInfo};

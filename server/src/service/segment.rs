@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use quiver_engine::index::RoaringBitmap;
 use quiver_engine::segment::{
-    Audience, AudienceOptions, Expr, IdHash, SavedSegment, SnapshotInfo, parse_text_or_json,
+    AudienceOptions, Evaluated, Expr, IdHash, SavedSegment, SnapshotInfo, parse_text_or_json,
 };
 use quiver_engine::{Engine, Workspace};
 use quiver_proto::v1 as pb;
@@ -47,7 +47,7 @@ fn question(a: Option<&pb::Audience>) -> Result<(Expr, AudienceOptions), Status>
     Ok((e, AudienceOptions { now, as_of }))
 }
 
-fn evaluated(a: &Audience, e: &Expr) -> pb::Evaluated {
+fn evaluated<M>(a: &Evaluated<M>, e: &Expr) -> pb::Evaluated {
     pb::Evaluated {
         persons: a.persons,
         index_version: a.index_version,
@@ -98,9 +98,9 @@ impl SegmentService for Segments {
         let req = request.into_inner();
         let ws = workspace(&self.engine, &req.workspace)?;
         let (e, opts) = question(req.audience.as_ref())?;
-        let a = ws.audience(&e, opts).map_err(status)?;
+        let a = ws.count(&e, opts).map_err(status)?;
         Ok(Response::new(pb::CountResponse {
-            count: a.members.len(),
+            count: a.members,
             evaluated: Some(evaluated(&a, &e)),
         }))
     }
