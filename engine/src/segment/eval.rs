@@ -121,7 +121,7 @@ enum Leaf {
     In(String, Vec<String>),
 }
 
-/// Members of leaves (windows, numeric comparisons) over all live persons,
+/// Members of leaves (windows, numeric comparisons, `IN` lists) over all live persons,
 /// per index version: at most [`KeptResults::CAPACITY`] bitmaps and
 /// [`KeptResults::BUDGET`] bytes, dropped together when either is exceeded
 /// or when the index version changes.
