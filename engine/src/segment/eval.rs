@@ -22,7 +22,10 @@
 //!   persons at all when one of them holds only live persons (a kept leaf
 //!   always does; an index bitmap is checked once per version);
 //! - a count ([`count_cached`]) builds no member list for its last step: a
-//!   last `AND` operand or `NOT` is an intersection's size.
+//!   last `AND` operand or `NOT` is an intersection's size;
+//! - a top-level `AND` of whole operands (and `NOT`s of them) dense enough
+//!   for [`dense::worth`] is one pass over their dense copies, kept beside
+//!   the kept leaves (`super::dense`).
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use chrono::NaiveDate;
 use roaring::RoaringBitmap;
 
 use super::ast::{Cmp, Did, Expr, Literal, Window};
+use super::dense::{self, Dense};
 use crate::index::{BehaviourKey, Compare, IndexSet, NumericIndex};
 use crate::{Error, Result};
 
@@ -125,9 +129,24 @@ enum Leaf {
 /// per index version: at most [`KeptResults::CAPACITY`] bitmaps and
 /// [`KeptResults::BUDGET`] bytes, dropped together when either is exceeded
 /// or when the index version changes.
+///
+/// Beside them, dense copies ([`Dense`]) of the whole operands of top-level
+/// `AND`s that [`dense::worth`] sends to one pass over words, at most
+/// [`KeptResults::DENSE_BUDGET`] bytes.
 #[derive(Debug, Default)]
 pub(crate) struct KeptResults {
     map: parking_lot::Mutex<Kept>,
+    /// No dense pass (tests of the roaring path).
+    roaring_only: bool,
+}
+
+/// What a dense copy is of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DenseKey {
+    /// An index bitmap, by the name `within` uses.
+    Index(String),
+    Leaf(Leaf),
+    Live,
 }
 
 #[derive(Debug, Default)]
@@ -138,12 +157,54 @@ struct Kept {
     /// Index bitmaps (by name) checked against the live persons: `true`
     /// when they hold no one else.
     within: std::collections::HashMap<String, bool>,
+    dense: std::collections::HashMap<DenseKey, Arc<Dense>>,
+    dense_bytes: usize,
 }
 
 impl KeptResults {
     const CAPACITY: usize = 512;
     /// Serialized bytes of the kept bitmaps (about their size in memory).
     const BUDGET: usize = 256 << 20;
+    /// Bytes of dense copies (1.75 MiB each at 14 M ordinals).
+    const DENSE_BUDGET: usize = 256 << 20;
+
+    /// Kept results that never take the dense pass.
+    #[cfg(test)]
+    pub(crate) fn roaring_only() -> Self {
+        KeptResults {
+            roaring_only: true,
+            ..Default::default()
+        }
+    }
+
+    /// The dense copy of `b` (known as `key`) over `words` words, made now
+    /// if this version has none.
+    fn dense(&self, version: u64, key: DenseKey, b: &RoaringBitmap, words: usize) -> Arc<Dense> {
+        {
+            let kept = self.map.lock();
+            if kept.version == version
+                && let Some(d) = kept.dense.get(&key)
+            {
+                return d.clone();
+            }
+        }
+        let d = Arc::new(Dense::new(b, words));
+        let mut kept = self.map.lock();
+        if kept.version != version {
+            *kept = Kept {
+                version,
+                ..Kept::default()
+            };
+        }
+        if kept.dense_bytes + d.bytes() > Self::DENSE_BUDGET {
+            kept.dense.clear();
+            kept.dense_bytes = 0;
+        }
+        if d.bytes() <= Self::DENSE_BUDGET && kept.dense.insert(key, d.clone()).is_none() {
+            kept.dense_bytes += d.bytes();
+        }
+        d
+    }
 
     fn get(&self, version: u64, leaf: &Leaf) -> Option<Arc<RoaringBitmap>> {
         let kept = self.map.lock();
@@ -207,16 +268,24 @@ impl KeptResults {
 /// (with whether it holds only live persons), or one kept over all live
 /// persons.
 enum Whole<'a> {
-    Index(&'a RoaringBitmap, bool),
-    Kept(Arc<RoaringBitmap>),
+    /// With its name (as `within` keeps it).
+    Index(&'a RoaringBitmap, bool, String),
+    Kept(Arc<RoaringBitmap>, Leaf),
 }
 
 impl Whole<'_> {
     /// Whether every member is a live person.
     fn within_live(&self) -> bool {
         match self {
-            Whole::Index(_, within) => *within,
-            Whole::Kept(_) => true,
+            Whole::Index(_, within, _) => *within,
+            Whole::Kept(..) => true,
+        }
+    }
+
+    fn key(&self) -> DenseKey {
+        match self {
+            Whole::Index(_, _, name) => DenseKey::Index(name.clone()),
+            Whole::Kept(_, leaf) => DenseKey::Leaf(leaf.clone()),
         }
     }
 }
@@ -239,8 +308,8 @@ impl std::ops::Deref for Whole<'_> {
 
     fn deref(&self) -> &RoaringBitmap {
         match self {
-            Whole::Index(b, _) => b,
-            Whole::Kept(b) => b,
+            Whole::Index(b, ..) => b,
+            Whole::Kept(b, _) => b,
         }
     }
 }
@@ -410,7 +479,7 @@ impl Eval<'_> {
                 .map(|b| self.index_whole(&format!("{field} = {value}"), b)));
         }
         match self.leaf(e) {
-            Some(leaf) => Ok(self.keep(leaf)?.map(Whole::Kept)),
+            Some(leaf) => Ok(self.keep(leaf.clone())?.map(|b| Whole::Kept(b, leaf))),
             None => Ok(None),
         }
     }
@@ -420,7 +489,7 @@ impl Eval<'_> {
         let within = self
             .kept
             .is_some_and(|k| k.within_live(self.index, name, b));
-        Whole::Index(b, within)
+        Whole::Index(b, within, name.to_string())
     }
 
     /// Whether `e` costs more than a few bitmap operations: a bit-slice walk
@@ -524,6 +593,10 @@ impl Eval<'_> {
     /// operation each, with no copy of an operand. Asked for a count, the
     /// last step is a size where it can be.
     fn and(&self, args: &[Expr], scope: &RoaringBitmap, want: Want) -> Result<Got> {
+        let live = self.kept.is_some() && std::ptr::eq(scope, &self.index.live);
+        if live && let Some(got) = self.and_dense(args, want)? {
+            return Ok(got);
+        }
         let mut steps: Vec<(bool, bool, u64, &Expr)> = args
             .iter()
             .map(|a| match a {
@@ -533,7 +606,6 @@ impl Eval<'_> {
             .collect();
         steps.sort_by_key(|&(costly, negated, size, _)| (costly, negated, size));
         let last = steps.len().saturating_sub(1);
-        let live = self.kept.is_some() && std::ptr::eq(scope, &self.index.live);
         // Whether a whole operand needs no confining to `scope`.
         let confined = |w: &Whole<'_>| live && w.within_live();
         // The members so far (within `scope`), or the first whole operand
@@ -603,6 +675,55 @@ impl Eval<'_> {
             (Want::Members, None, Some(f)) if confined(&f) => Got::Members((*f).clone()),
             (Want::Members, None, Some(f)) => Got::Members(&*f & scope),
             (Want::Members, None, None) => Got::Members(scope.clone()),
+        })
+    }
+
+    /// A top-level `AND` whose operands are all whole bitmaps (or `NOT`s
+    /// of them), in one pass over dense copies of them when
+    /// [`dense::worth`] says so; `None` to take the roaring path.
+    fn and_dense(&self, args: &[Expr], want: Want) -> Result<Option<Got>> {
+        let Some(kept) = self.kept.filter(|k| !k.roaring_only) else {
+            return Ok(None);
+        };
+        let words = dense::words_for(&self.index.live);
+        let negated = args
+            .iter()
+            .filter(|a| matches!(a, Expr::Not { .. }))
+            .count();
+        if words == 0 || args.len() - negated >= dense::MAX_POSITIVE || negated > dense::MAX_NEGATED
+        {
+            return Ok(None);
+        }
+        let (mut pos, mut neg) = (Vec::new(), Vec::new());
+        for a in args {
+            let (arg, into) = match a {
+                Expr::Not { arg } => (&**arg, &mut neg),
+                other => (other, &mut pos),
+            };
+            match self.whole(arg)? {
+                Some(w) => into.push(w),
+                None => return Ok(None),
+            }
+        }
+        let with_live = !pos.iter().any(Whole::within_live);
+        let smallest = pos
+            .iter()
+            .map(|w| w.len())
+            .min()
+            .unwrap_or_else(|| self.index.live.len());
+        if !dense::worth(smallest, words, args.len() + usize::from(with_live)) {
+            return Ok(None);
+        }
+        let version = self.index.version;
+        let copy = |w: &Whole<'_>| kept.dense(version, w.key(), w, words);
+        let mut p: Vec<Arc<Dense>> = pos.iter().map(copy).collect();
+        if with_live {
+            p.push(kept.dense(version, DenseKey::Live, &self.index.live, words));
+        }
+        let n: Vec<Arc<Dense>> = neg.iter().map(copy).collect();
+        Ok(match want {
+            Want::Count => dense::count(&p, &n).map(Got::Count),
+            Want::Members => dense::members(&p, &n).map(Got::Members),
         })
     }
 

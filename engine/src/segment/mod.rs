@@ -14,6 +14,7 @@
 
 mod ast;
 mod audience;
+mod dense;
 mod eval;
 mod parse;
 mod print;

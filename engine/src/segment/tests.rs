@@ -298,16 +298,17 @@ proptest! {
             .map(|(o, _)| o as u32)
             .collect();
         prop_assert_eq!(&got, &want, "{}", e);
-        // With kept leaf results: cold, then warm.
-        let cache = super::KeptResults::default();
-        for _ in 0..2 {
-            prop_assert_eq!(&super::evaluate_cached(&e, &set, NOW, &cache).expect("evaluates"), &want);
-            // A count is the members' number, with no member list built.
-            prop_assert_eq!(
-                super::count_cached(&e, &set, NOW, &cache).expect("counts"),
-                want.len(),
-                "{}", e
-            );
+        // With kept leaf results (with and without dense passes): cold, then warm.
+        for cache in [super::KeptResults::default(), super::KeptResults::roaring_only()] {
+            for _ in 0..2 {
+                prop_assert_eq!(&super::evaluate_cached(&e, &set, NOW, &cache).expect("evaluates"), &want);
+                // A count is the members' number, with no member list built.
+                prop_assert_eq!(
+                    super::count_cached(&e, &set, NOW, &cache).expect("counts"),
+                    want.len(),
+                    "{}", e
+                );
+            }
         }
         // Printing and parsing again changes nothing.
         let again = super::parse(&e.to_string()).expect("parses");
@@ -341,7 +342,10 @@ fn retired_persons_never_count() {
         .and_then(|m| m.get_mut("gold"))
         .expect("gold")
         .insert(1);
-    let cache = super::KeptResults::default();
+    let caches = [
+        super::KeptResults::default(),
+        super::KeptResults::roaring_only(),
+    ];
     for text in [
         "t0",
         "NOT t1",
@@ -353,8 +357,10 @@ fn retired_persons_never_count() {
         let e = super::parse(text).expect("parses");
         let got: BTreeSet<u32> = evaluate(&e, &set, NOW).expect("evaluates").iter().collect();
         assert!(!got.contains(&1), "{text}: {got:?}");
-        let counted = super::count_cached(&e, &set, NOW, &cache).expect("counts");
-        assert_eq!(counted, got.len() as u64, "{text}");
+        for cache in &caches {
+            let counted = super::count_cached(&e, &set, NOW, cache).expect("counts");
+            assert_eq!(counted, got.len() as u64, "{text}");
+        }
     }
 }
 
