@@ -4,7 +4,9 @@
 //! DuckDB (a wide person table in memory, the same as Parquet, windows over
 //! the raw events), chDB (groupBitmap states, a MergeTree of events) and
 //! pyroaring (the same set algebra on Quiver's exported bitmaps: the cost of
-//! the algebra alone). Every system's counts must agree.
+//! the algebra alone), and that algebra in Rust with roaring-rs and with
+//! CRoaring (`croaring`), to choose the library with numbers. Every
+//! system's counts must agree.
 //!
 //! ```text
 //! Q1  member_level = 'vip' AND skincare_lover AND NOT did(purchase) IN LAST 30 DAYS
@@ -49,7 +51,7 @@ pub struct Args {
 const Q1: &str = "member_level = 'vip' AND skincare_lover AND NOT did(purchase) IN LAST 30 DAYS AND total_spend >= 1000 AND registered_channel IN ('miniprogram', 'pos')";
 const Q2: &str = "member_level = 'vip' AND did(page_view WHERE category = 'skincare') >= 3 IN LAST 30 DAYS AND NOT did(purchase) IN LAST 14 DAYS";
 
-/// The predicates of Q1 and Q2, exported as bitmaps for pyroaring.
+/// The predicates of Q1 and Q2, exported as bitmaps for the algebra-only systems.
 const LEAVES: [(&str, &str); 8] = [
     ("vip", "member_level = 'vip'"),
     ("lover", "skincare_lover"),
@@ -339,6 +341,139 @@ async fn in_process(data: &Path, now_ms: i64, runs: usize) -> anyhow::Result<(Ve
     Ok((rows, open))
 }
 
+/// The set operations the algebra-only systems need, so that roaring-rs
+/// and CRoaring run one plan.
+trait Sets: Sized {
+    fn load(bytes: &[u8]) -> Option<Self>;
+    fn and(&self, other: &Self) -> Self;
+    fn or(&self, other: &Self) -> Self;
+    fn andnot(&self, other: &Self) -> Self;
+    fn size(&self) -> u64;
+    fn and_size(&self, other: &Self) -> u64;
+}
+
+impl Sets for roaring::RoaringBitmap {
+    fn load(bytes: &[u8]) -> Option<Self> {
+        roaring::RoaringBitmap::deserialize_from(bytes).ok()
+    }
+    fn and(&self, other: &Self) -> Self {
+        self & other
+    }
+    fn or(&self, other: &Self) -> Self {
+        self | other
+    }
+    fn andnot(&self, other: &Self) -> Self {
+        self - other
+    }
+    fn size(&self) -> u64 {
+        self.len()
+    }
+    fn and_size(&self, other: &Self) -> u64 {
+        self.intersection_len(other)
+    }
+}
+
+impl Sets for croaring::Bitmap {
+    fn load(bytes: &[u8]) -> Option<Self> {
+        croaring::Bitmap::try_deserialize::<croaring::Portable>(bytes)
+    }
+    fn and(&self, other: &Self) -> Self {
+        croaring::Bitmap::and(self, other)
+    }
+    fn or(&self, other: &Self) -> Self {
+        croaring::Bitmap::or(self, other)
+    }
+    fn andnot(&self, other: &Self) -> Self {
+        croaring::Bitmap::andnot(self, other)
+    }
+    fn size(&self) -> u64 {
+        self.cardinality()
+    }
+    fn and_size(&self, other: &Self) -> u64 {
+        self.and_cardinality(other)
+    }
+}
+
+/// One question of [`algebra`], answering when called.
+type Question<'a> = Box<dyn Fn() -> Answer + 'a>;
+
+/// pyroaring's plan (`segments_peers.py`) in Rust on the bitmaps Quiver
+/// exported (the windows already evaluated): the set algebra alone, with
+/// the library `S`, timed like every other system.
+fn algebra<S: Sets>(system: &str, bitmaps: &Path, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let load = |name: &str| -> anyhow::Result<S> {
+        let path = bitmaps.join(format!("{name}.roaring"));
+        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        S::load(&bytes)
+            .with_context(|| format!("{}: not a portable roaring bitmap", path.display()))
+    };
+    let b: BTreeMap<&str, S> = LEAVES
+        .iter()
+        .map(|(name, _)| Ok((*name, load(name)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut cities = Vec::new();
+    for entry in std::fs::read_dir(bitmaps)? {
+        let file = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(city) = file
+            .strip_prefix("city=")
+            .and_then(|f| f.strip_suffix(".roaring"))
+        {
+            cities.push((city.to_string(), load(&format!("city={city}"))?));
+        }
+    }
+    cities.sort_by(|a, c| a.0.cmp(&c.0));
+    let q2 = || b["vip"].and(&b["v3"]).andnot(&b["p14"]);
+    let questions: [(&'static str, Question<'_>); 3] = [
+        (
+            "q1",
+            Box::new(|| {
+                let pos = b["vip"].and(&b["lover"]).and(&b["spend"]);
+                let any = b["reg_mini"].or(&b["reg_pos"]);
+                Answer::Count(pos.and(&any).andnot(&b["p30"]).size())
+            }),
+        ),
+        ("q2", Box::new(|| Answer::Count(q2().size()))),
+        (
+            "q2_city",
+            Box::new(|| {
+                let q = q2();
+                let mut out: BTreeMap<String, u64> = cities
+                    .iter()
+                    .map(|(c, m)| (c.clone(), q.and_size(m)))
+                    .collect();
+                let rest = q.size() - out.values().sum::<u64>();
+                out.insert("(none)".into(), rest);
+                out.retain(|_, n| *n > 0);
+                Answer::ByCity(out)
+            }),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (question, f) in questions {
+        let mut answer = f();
+        let mut ms = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            answer = f();
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        rows.push(Row {
+            system: system.into(),
+            question,
+            timing: timing(ms),
+            answer: Some(answer),
+            note: "pyroaring's plan in Rust, in the bench process".into(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Systems that do the set algebra alone on bitmaps Quiver evaluated: the
+/// limit the issue names, not peers answering the question.
+fn algebra_only(system: &str) -> bool {
+    matches!(system, "pyroaring" | "roaring-rs" | "croaring")
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 20, "--runs must be at least 20");
     let Prepared {
@@ -410,6 +545,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let (local, open_secs) = in_process(&data, now_ms, args.runs).await?;
     rows.extend(local);
+    rows.extend(algebra::<roaring::RoaringBitmap>(
+        "roaring-rs",
+        &bitmaps,
+        args.runs,
+    )?);
+    rows.extend(algebra::<croaring::Bitmap>(
+        "croaring", &bitmaps, args.runs,
+    )?);
 
     let mut peers = None;
     if !args.no_peers {
@@ -482,7 +625,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let best_peer = |q: &str| {
         rows.iter()
             .filter(|r| {
-                r.question == q && !r.system.starts_with("Quiver") && r.system != "pyroaring"
+                r.question == q && !r.system.starts_with("Quiver") && !algebra_only(&r.system)
             })
             .map(|r| (r.timing.p50, r.system.clone()))
             .min_by(|a, b| a.0.total_cmp(&b.0))
