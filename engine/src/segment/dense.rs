@@ -167,38 +167,48 @@ fn parts(words: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// `|pos[0] ∩ … ∖ neg[0] ∖ …|`, or `None` when the shape is not one
-/// [`fold`] takes or the operands' lengths differ.
-pub(crate) fn count(pos: &[Arc<Dense>], neg: &[Arc<Dense>]) -> Option<u64> {
-    let (p, n, words) = slices(pos, neg)?;
-    let part = |range: std::ops::Range<usize>| {
-        let mut total = 0u64;
-        fold(&p, &n, range, |_, w| total += u64::from(w.count_ones())).then_some(total)
-    };
+/// `part` of each of the [`parts`] of `words`, in order: the first on
+/// this thread, the others on threads of their own.
+fn on_parts<T: Send>(
+    words: usize,
+    part: impl Fn(std::ops::Range<usize>) -> Option<T> + Sync,
+) -> Option<Vec<T>> {
     let ranges = parts(words);
-    if ranges.len() <= 1 {
-        return part(0..words);
-    }
+    let Some((first, rest)) = ranges.split_first() else {
+        return Some(Vec::new());
+    };
     std::thread::scope(|s| {
-        let handles: Vec<_> = ranges[1..]
+        let part = &part;
+        let handles: Vec<_> = rest
             .iter()
             .map(|r| {
                 let r = r.clone();
                 s.spawn(move || part(r))
             })
             .collect();
-        let mut total = part(ranges[0].clone())?;
+        let mut out = vec![part(first.clone())?];
         for h in handles {
-            total += h.join().ok()??;
+            out.push(h.join().ok()??);
         }
-        Some(total)
+        Some(out)
     })
+}
+
+/// `|pos[0] ∩ … ∖ neg[0] ∖ …|`, or `None` when the shape is not one
+/// [`fold`] takes or the operands' lengths differ.
+pub(crate) fn count(pos: &[Arc<Dense>], neg: &[Arc<Dense>]) -> Option<u64> {
+    let (p, n, words) = slices(pos, neg)?;
+    let totals = on_parts(words, |range| {
+        let mut total = 0u64;
+        fold(&p, &n, range, |_, w| total += u64::from(w.count_ones())).then_some(total)
+    })?;
+    Some(totals.into_iter().sum())
 }
 
 /// The members of `pos[0] ∩ … ∖ neg[0] ∖ …`, or `None` as for [`count`].
 pub(crate) fn members(pos: &[Arc<Dense>], neg: &[Arc<Dense>]) -> Option<RoaringBitmap> {
     let (p, n, words) = slices(pos, neg)?;
-    let part = |range: std::ops::Range<usize>| {
+    let lists = on_parts(words, |range| {
         let mut out = Vec::new();
         fold(&p, &n, range, |i, mut w| {
             while w != 0 {
@@ -207,25 +217,7 @@ pub(crate) fn members(pos: &[Arc<Dense>], neg: &[Arc<Dense>]) -> Option<RoaringB
             }
         })
         .then_some(out)
-    };
-    let ranges = parts(words);
-    let lists: Vec<Vec<u32>> = if ranges.len() <= 1 {
-        vec![part(0..words)?]
-    } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = ranges
-                .iter()
-                .map(|r| {
-                    let r = r.clone();
-                    s.spawn(move || part(r))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().ok().flatten())
-                .collect::<Option<Vec<_>>>()
-        })?
-    };
+    })?;
     // Ascending: the ranges are in order and each list is.
     RoaringBitmap::from_sorted_iter(lists.into_iter().flatten()).ok()
 }
