@@ -122,6 +122,19 @@ fn count_codes(m: &RoaringBitmap, codes: &[u16], values: usize) -> Vec<u64> {
     counts
 }
 
+/// A breakdown of `audience`'s members, `(none)` added for those of them
+/// not among the `with_value` the rows count.
+fn with_none(audience: Evaluated<u64>, mut rows: Vec<BreakdownRow>, with_value: u64) -> Breakdown {
+    let none = audience.members.saturating_sub(with_value);
+    if none > 0 {
+        rows.push(BreakdownRow {
+            value: "(none)".into(),
+            count: none,
+        });
+    }
+    Breakdown { audience, rows }
+}
+
 /// `person_id` by ordinal (`None`: never used).
 type PersonIds = Arc<Vec<Option<String>>>;
 
@@ -178,11 +191,40 @@ pub struct BreakdownRow {
     pub count: u64,
 }
 
+impl<M> Evaluated<M> {
+    /// The same evaluation with `f(members)` as its members.
+    pub fn map<N>(self, f: impl FnOnce(M) -> N) -> Evaluated<N> {
+        Evaluated {
+            members: f(self.members),
+            persons: self.persons,
+            index_version: self.index_version,
+            built_at: self.built_at,
+            now: self.now,
+            elapsed: self.elapsed,
+        }
+    }
+}
+
+impl<M> Evaluated<Option<M>> {
+    /// The evaluation when it has members, `None` when not.
+    pub fn transpose(self) -> Option<Evaluated<M>> {
+        let members = self.members?;
+        Some(Evaluated {
+            members,
+            persons: self.persons,
+            index_version: self.index_version,
+            built_at: self.built_at,
+            now: self.now,
+            elapsed: self.elapsed,
+        })
+    }
+}
+
 /// An audience broken down by an enumerated or numeric field.
 #[derive(Debug, Clone)]
 pub struct Breakdown {
-    /// The audience.
-    pub audience: Audience,
+    /// The audience: how many members it has, and what it was evaluated on.
+    pub audience: Evaluated<u64>,
     /// Per value or bucket, then `(none)` when some members have no value.
     pub rows: Vec<BreakdownRow>,
 }
@@ -349,6 +391,9 @@ impl Workspace {
         edges: &[f64],
         opts: AudienceOptions,
     ) -> Result<Breakdown> {
+        if let Some(b) = self.breakdown_in_pass(e, by, opts)? {
+            return Ok(b);
+        }
         let audience = self.audience(e, opts)?;
         let index = self.audience_index(opts.as_of)?;
         let started = Instant::now();
@@ -451,16 +496,54 @@ impl Workspace {
                 format!("unknown tag, attribute or trait `{by}`{hint}"),
             ));
         }
-        let none = m.len().saturating_sub(with_value);
-        if none > 0 {
-            rows.push(BreakdownRow {
-                value: "(none)".into(),
-                count: none,
-            });
-        }
-        let mut audience = audience;
+        let mut audience = audience.map(|m| m.len());
         audience.elapsed += started.elapsed();
-        Ok(Breakdown { audience, rows })
+        Ok(with_none(audience, rows, with_value))
+    }
+
+    /// A breakdown by an enumerated field of an `AND` that one dense pass
+    /// takes, counted per value as the pass reads its words off (each
+    /// core its share of the members' codes, no member list built);
+    /// `None` for other questions and fields.
+    fn breakdown_in_pass(
+        &self,
+        e: &Expr,
+        by: &str,
+        opts: AudienceOptions,
+    ) -> Result<Option<Breakdown>> {
+        let codes = &self.segment_state().codes;
+        let counted = self.evaluated(e, opts, |e, index, now_day, kept| {
+            let Some(values) = index.enums.get(by) else {
+                return Ok(None);
+            };
+            let codes = || codes.get(index.version, by, values);
+            let Some((members, counts)) =
+                super::code_counts_cached(e, index, now_day, kept, codes, values.len())?
+            else {
+                return Ok(None);
+            };
+            let mut rows: Vec<BreakdownRow> = values
+                .keys()
+                .zip(counts)
+                .filter(|(_, count)| *count > 0)
+                .map(|(value, count)| BreakdownRow {
+                    value: value.clone(),
+                    count,
+                })
+                .collect();
+            rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+            Ok(Some((members, rows)))
+        })?;
+        let Some(counted) = counted.transpose() else {
+            return Ok(None);
+        };
+        let mut rows = Vec::new();
+        let audience = counted.map(|(members, r)| {
+            rows = r;
+            members
+        });
+        let with_value = rows.iter().map(|r| r.count).sum();
+        Ok(Some(with_none(audience, rows, with_value)))
     }
 
     /// The sizes of every intersection of 1 to 4 audiences: `(members of

@@ -114,6 +114,36 @@ pub(crate) fn count_cached(
     .count(e, &index.live)
 }
 
+/// `e`'s members per value code (`codes[o]`: ordinal `o`'s position
+/// among a field's `values`, [`u16::MAX`] for none) and their number,
+/// counted off the words of one dense pass on every core, with no member
+/// list built, when `e` is an `AND` that pass takes; `None` otherwise.
+/// `codes` is asked for only then.
+pub(crate) fn code_counts_cached(
+    e: &Expr,
+    index: &IndexSet,
+    now_day: i32,
+    kept: &KeptResults,
+    codes: impl FnOnce() -> Option<Arc<Vec<u16>>>,
+    values: usize,
+) -> Result<Option<dense::CodeCounts>> {
+    let Expr::And { args } = e else {
+        return Ok(None);
+    };
+    let eval = Eval {
+        index,
+        now_day,
+        kept: Some(kept),
+    };
+    let Some((p, n)) = eval.dense_operands(args)? else {
+        return Ok(None);
+    };
+    Ok(codes().and_then(|codes| dense::code_counts(&p, &n, codes, values)))
+}
+
+/// An `AND`'s operands as dense copies: the positive ones, the negated ones.
+type DenseOperands = (Vec<Arc<Dense>>, Vec<Arc<Dense>>);
+
 /// A leaf whose members over all live persons can be kept.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Leaf {
@@ -682,6 +712,16 @@ impl Eval<'_> {
     /// of them), in one pass over dense copies of them when
     /// [`dense::worth`] says so; `None` to take the roaring path.
     fn and_dense(&self, args: &[Expr], want: Want) -> Result<Option<Got>> {
+        Ok(self.dense_operands(args)?.and_then(|(p, n)| match want {
+            Want::Count => dense::count(&p, &n).map(Got::Count),
+            Want::Members => dense::members(&p, &n).map(Got::Members),
+        }))
+    }
+
+    /// The dense copies of an `AND`'s positive and negated operands (the
+    /// live persons added to the positive ones where needed), when the
+    /// operands are whole bitmaps and [`dense::worth`] says the pass pays.
+    fn dense_operands(&self, args: &[Expr]) -> Result<Option<DenseOperands>> {
         let Some(kept) = self.kept.filter(|k| !k.roaring_only) else {
             return Ok(None);
         };
@@ -721,10 +761,7 @@ impl Eval<'_> {
             p.push(kept.dense(version, DenseKey::Live, &self.index.live, words));
         }
         let n: Vec<Arc<Dense>> = neg.iter().map(copy).collect();
-        Ok(match want {
-            Want::Count => dense::count(&p, &n).map(Got::Count),
-            Want::Members => dense::members(&p, &n).map(Got::Members),
-        })
+        Ok(Some((p, n)))
     }
 
     fn tag(&self, name: &str) -> Result<&RoaringBitmap> {

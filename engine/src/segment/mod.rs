@@ -28,7 +28,7 @@ pub use audience::{
     Audience, AudienceOptions, Breakdown, BreakdownRow, Evaluated, IdHash, Overlap, SnapshotDiff,
     SplitGroup,
 };
-pub(crate) use eval::{KeptResults, count_cached, evaluate_cached};
+pub(crate) use eval::{KeptResults, code_counts_cached, count_cached, evaluate_cached};
 pub use eval::{day_number, evaluate, near};
 pub use parse::{ParseError, parse};
 pub use saved::{SavedSegment, SnapshotInfo};

@@ -310,10 +310,71 @@ proptest! {
                 );
             }
         }
+        // Broken down by `member_level` in the dense pass where it takes
+        // the question: per level, the members' intersection with it.
+        let levels = &set.enums["member_level"];
+        let cache = super::KeptResults::default();
+        let codes = || Some(std::sync::Arc::new(level_codes(&set)));
+        if let Some((members, counts)) =
+            super::code_counts_cached(&e, &set, NOW, &cache, codes, levels.len()).expect("counts")
+        {
+            prop_assert_eq!(members, want.len(), "{}", e);
+            let per_level: Vec<u64> = levels.values().map(|b| (&want & b).len()).collect();
+            prop_assert_eq!(counts, per_level, "{}", e);
+        }
         // Printing and parsing again changes nothing.
         let again = super::parse(&e.to_string()).expect("parses");
         prop_assert_eq!(evaluate(&again, &set, NOW).expect("evaluates"), want);
     }
+}
+
+/// Each ordinal's `member_level` as its position among the levels
+/// (`u16::MAX`: none).
+fn level_codes(set: &IndexSet) -> Vec<u16> {
+    let mut codes = vec![u16::MAX; 64 * 4];
+    for (i, b) in set.enums["member_level"].values().enumerate() {
+        for o in b {
+            codes[o as usize] = i as u16;
+        }
+    }
+    codes
+}
+
+#[test]
+fn a_dense_and_is_broken_down_in_its_pass() {
+    let persons: Vec<Person> = (0..50)
+        .map(|i| Person {
+            live: i % 7 != 0,
+            tags: [i % 2 == 0, i % 3 == 0],
+            level: (i % 5 < 3).then_some(i % 3),
+            spend: None,
+            events: vec![],
+        })
+        .collect();
+    let set = index(&persons);
+    let e = super::parse("t0 AND NOT t1").expect("parses");
+    let cache = super::KeptResults::default();
+    let codes = || Some(std::sync::Arc::new(level_codes(&set)));
+    let (members, counts) = super::code_counts_cached(&e, &set, NOW, &cache, codes, 3)
+        .expect("counts")
+        .expect("the dense pass takes `t0 AND NOT t1`");
+    let want: Vec<usize> = (0..50)
+        .filter(|i| i % 7 != 0 && i % 2 == 0 && i % 3 != 0)
+        .collect();
+    assert_eq!(members, want.len() as u64);
+    // Levels in the index's order (gold, silver, vip); the rest have none.
+    let per_level: Vec<u64> = (0..3)
+        .map(|l| want.iter().filter(|&&i| i % 5 < 3 && i % 3 == l).count() as u64)
+        .collect();
+    assert_eq!(counts, per_level);
+    assert!(
+        per_level.iter().sum::<u64>() < members,
+        "some have no level"
+    );
+    // Not an AND: not this path.
+    let e = super::parse("t0").expect("parses");
+    let none = super::code_counts_cached(&e, &set, NOW, &cache, || None, 3).expect("counts");
+    assert_eq!(none, None);
 }
 
 #[test]

@@ -122,7 +122,7 @@ impl SegmentService for Segments {
             .breakdown(&e, req.by.trim(), &req.edges, opts)
             .map_err(status)?;
         Ok(Response::new(pb::BreakdownResponse {
-            count: b.audience.members.len(),
+            count: b.audience.members,
             rows: b
                 .rows
                 .into_iter()
