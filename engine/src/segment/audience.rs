@@ -205,21 +205,6 @@ impl<M> Evaluated<M> {
     }
 }
 
-impl<M> Evaluated<Option<M>> {
-    /// The evaluation when it has members, `None` when not.
-    pub fn transpose(self) -> Option<Evaluated<M>> {
-        let members = self.members?;
-        Some(Evaluated {
-            members,
-            persons: self.persons,
-            index_version: self.index_version,
-            built_at: self.built_at,
-            now: self.now,
-            elapsed: self.elapsed,
-        })
-    }
-}
-
 /// An audience broken down by an enumerated or numeric field.
 #[derive(Debug, Clone)]
 pub struct Breakdown {
@@ -512,7 +497,7 @@ impl Workspace {
         opts: AudienceOptions,
     ) -> Result<Option<Breakdown>> {
         let codes = &self.segment_state().codes;
-        let counted = self.evaluated(e, opts, |e, index, now_day, kept| {
+        let mut counted = self.evaluated(e, opts, |e, index, now_day, kept| {
             let Some(values) = index.enums.get(by) else {
                 return Ok(None);
             };
@@ -534,16 +519,11 @@ impl Workspace {
             rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
             Ok(Some((members, rows)))
         })?;
-        let Some(counted) = counted.transpose() else {
+        let Some((members, rows)) = counted.members.take() else {
             return Ok(None);
         };
-        let mut rows = Vec::new();
-        let audience = counted.map(|(members, r)| {
-            rows = r;
-            members
-        });
         let with_value = rows.iter().map(|r| r.count).sum();
-        Ok(Some(with_none(audience, rows, with_value)))
+        Ok(Some(with_none(counted.map(|_| members), rows, with_value)))
     }
 
     /// The sizes of every intersection of 1 to 4 audiences: `(members of
