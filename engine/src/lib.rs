@@ -26,6 +26,7 @@ mod error;
 pub mod event;
 pub mod identity;
 pub mod index;
+mod prefetch;
 pub mod profile;
 mod query;
 pub mod segment;

@@ -252,7 +252,9 @@ fn codes_range(
 ) -> Option<CodeCounts> {
     let mut counts = vec![0u64; values + 1];
     let mut members = 0u64;
-    let fetch = |o: u32| prefetch(codes, o as usize);
+    // A member's code is a cache miss (a 14 M person index's codes are
+    // 28 MB): asked for a chunk before it is read.
+    let fetch = |o: u32| crate::prefetch::prefetch(codes, o as usize);
     let count = |o: u32| {
         members += 1;
         let code = codes.get(o as usize).map_or(values, |&c| usize::from(c));
@@ -260,23 +262,6 @@ fn codes_range(
     };
     let visited = visit_range(pos, neg, range, fetch, count);
     visited.then_some((members, counts))
-}
-
-/// Asks the CPU to start loading `codes[i]` into its caches: a member's
-/// code is a cache miss (a 14 M person index's codes are 28 MB), and
-/// [`visit_range`] asks a chunk before it reads.
-#[inline(always)]
-#[allow(unsafe_code)]
-fn prefetch(codes: &[u16], i: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE is in every x86-64 CPU, and a prefetch neither reads into
-    // the program nor faults, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(codes.as_ptr().wrapping_add(i).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (codes, i);
 }
 
 /// The pass compiled for AVX2, POPCNT and BMI1, which the default x86-64
