@@ -495,7 +495,7 @@ impl LevelRoots {
 /// How far ahead the passes over a strength's edges and groups ask for the
 /// union-find words they will read (random reads in arrays of tens of MB):
 /// the first pass's and second pass's time fell by about a fifth each
-/// (`resolve --full` of 3.2 M values, alternating builds).
+/// (`resolve --full` of 3.2 M values, runs alternating with and without).
 const AHEAD: usize = 16;
 
 /// Computes the persons of `g` under `rules`.
@@ -708,9 +708,9 @@ pub(crate) fn components(g: &Graph, rules: &CompiledRules) -> Components {
             let mut height = 0u16;
             let first = level_roots.start[gp as usize] as usize;
             for (k, &p) in (first..).zip(members) {
-                // The saved word and root of the member AHEAD on (at a
-                // random position), and the union-find word of the root
-                // fetched so half as far back.
+                // The saved word and root of the member AHEAD on (each at a
+                // random position), and the union-find word of the member
+                // AHEAD / 2 on, whose root was asked for that many members ago.
                 let (order, roots) = (&level_roots.order, &level_roots.roots);
                 if let Some(&q) = order.get(k + AHEAD) {
                     prefetch(&level_roots.saved, q as usize);
