@@ -132,11 +132,29 @@ async fn event_ids(ws: &crate::Workspace) -> Vec<String> {
     ids
 }
 
+/// The codecs of every column chunk of the table's files.
+fn codecs(ws: &crate::Workspace) -> Vec<parquet::basic::Compression> {
+    let (table, _) = ws.read_view();
+    let mut out = Vec::new();
+    for uri in table.get_file_uris().unwrap() {
+        let path = uri.strip_prefix("file://").unwrap_or(&uri).to_string();
+        let file = std::fs::File::open(&path).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        for rg in reader.metadata().row_groups() {
+            out.extend(rg.columns().iter().map(|c| c.compression()));
+        }
+    }
+    out
+}
+
 /// Compaction keeps every row and writes plain `Utf8` strings: a file with
 /// `Utf8View` in its Arrow schema is decoded as views and cast back to the
-/// table's types on every later scan.
+/// table's types on every later scan. Flushed files are LZ4, compacted
+/// ones ZSTD.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optimize_keeps_rows_and_writes_plain_strings() {
+    use parquet::basic::Compression;
     let dir = tempfile::tempdir().unwrap();
     let (_engine, ws) = open_shop(dir.path(), |_| {}).await;
     for b in 0..3 {
@@ -146,6 +164,12 @@ async fn optimize_keeps_rows_and_writes_plain_strings() {
     }
     let before = event_ids(&ws).await;
     assert_eq!(before.len(), 3 * BATCH);
+    let flushed = codecs(&ws);
+    assert!(!flushed.is_empty());
+    assert!(
+        flushed.iter().all(|c| *c == Compression::LZ4_RAW),
+        "{flushed:?}"
+    );
 
     let report = ws.optimize().await.unwrap();
     assert_eq!(
@@ -165,6 +189,11 @@ async fn optimize_keeps_rows_and_writes_plain_strings() {
         let schema = format!("{:?}", reader.schema());
         assert!(!schema.contains("View"), "{uri}: {schema}");
     }
+    let compacted = codecs(&ws);
+    assert!(
+        compacted.iter().all(|c| matches!(c, Compression::ZSTD(_))),
+        "{compacted:?}"
+    );
 }
 
 /// The dedup set is sized on open from the files' statistics: every row
