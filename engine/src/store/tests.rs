@@ -132,20 +132,29 @@ async fn event_ids(ws: &crate::Workspace) -> Vec<String> {
     ids
 }
 
-/// The codecs of every column chunk of the table's files.
-fn codecs(ws: &crate::Workspace) -> Vec<parquet::basic::Compression> {
+type FileReader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder<std::fs::File>;
+
+/// Each data file of the table's current version, by URI, opened for reading.
+fn data_files(ws: &crate::Workspace) -> Vec<(String, FileReader)> {
     let (table, _) = ws.read_view();
-    let mut out = Vec::new();
-    for uri in table.get_file_uris().unwrap() {
-        let path = uri.strip_prefix("file://").unwrap_or(&uri).to_string();
-        let file = std::fs::File::open(&path).unwrap();
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-        for rg in reader.metadata().row_groups() {
-            out.extend(rg.columns().iter().map(|c| c.compression()));
-        }
-    }
-    out
+    let uris: Vec<String> = table.get_file_uris().unwrap().collect();
+    uris.into_iter()
+        .map(|uri| {
+            let path = uri.strip_prefix("file://").unwrap_or(&uri);
+            let file = std::fs::File::open(path).unwrap();
+            let reader = FileReader::try_new(file).unwrap();
+            (uri, reader)
+        })
+        .collect()
+}
+
+/// The codecs of every column chunk of `files`.
+fn codecs(files: &[(String, FileReader)]) -> Vec<parquet::basic::Compression> {
+    files
+        .iter()
+        .flat_map(|(_, r)| r.metadata().row_groups())
+        .flat_map(|rg| rg.columns().iter().map(|c| c.compression()))
+        .collect()
 }
 
 /// Compaction keeps every row and writes plain `Utf8` strings: a file with
@@ -164,7 +173,7 @@ async fn optimize_keeps_rows_and_writes_plain_strings() {
     }
     let before = event_ids(&ws).await;
     assert_eq!(before.len(), 3 * BATCH);
-    let flushed = codecs(&ws);
+    let flushed = codecs(&data_files(&ws));
     assert!(!flushed.is_empty());
     assert!(
         flushed.iter().all(|c| *c == Compression::LZ4_RAW),
@@ -178,18 +187,13 @@ async fn optimize_keeps_rows_and_writes_plain_strings() {
         "three flushes of one day compact into one file"
     );
     assert_eq!(event_ids(&ws).await, before);
-    let (table, _) = ws.read_view();
-    let uris: Vec<String> = table.get_file_uris().unwrap().collect();
-    assert_eq!(uris.len(), 1);
-    for uri in uris {
-        let path = uri.strip_prefix("file://").unwrap_or(&uri);
-        let file = std::fs::File::open(path).unwrap();
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let files = data_files(&ws);
+    assert_eq!(files.len(), 1);
+    for (uri, reader) in &files {
         let schema = format!("{:?}", reader.schema());
         assert!(!schema.contains("View"), "{uri}: {schema}");
     }
-    let compacted = codecs(&ws);
+    let compacted = codecs(&files);
     assert!(
         compacted.iter().all(|c| matches!(c, Compression::ZSTD(_))),
         "{compacted:?}"
